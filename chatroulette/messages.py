@@ -1,0 +1,238 @@
+"""
+The wire format, without I/O: parse and validate client frames, encode server events.
+
+Every client frame is a JSON object with a ``"type"``; every refusal is a
+L{ProtocolError} carrying one of the error codes of C{docs/protocol.md}.
+Nothing here imports Twisted or Autobahn.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final, Sequence, Union
+
+MAX_TEXT_CHARS: Final = 2000
+MAX_REASON_CHARS: Final = 200
+MAX_INTERESTS: Final = 10
+MAX_INTEREST_CHARS: Final = 32
+MAX_INVITE_CHARS: Final = 64
+
+BAD_REQUEST: Final = "bad_request"
+TEXT_TOO_LONG: Final = "text_too_long"
+NOT_CHATTING: Final = "not_chatting"
+INVITE_INVALID: Final = "invite_invalid"
+RATE_LIMITED: Final = "rate_limited"
+
+ERROR_CODES: Final = (BAD_REQUEST, TEXT_TOO_LONG, NOT_CHATTING, INVITE_INVALID, RATE_LIMITED)
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _encodable(text: str) -> bool:
+    """Whether C{text} survives UTF-8 (JSON allows lone surrogates; UTF-8 does not)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class ProtocolError(Exception):
+    """
+    A client request was refused; the connection stays open and nothing changed.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Find:
+    """Enter the random queue, or join a friend's invite."""
+
+    interests: tuple[str, ...] = ()
+    invite: str | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    """Text for the partner."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Typing:
+    """The sender started or stopped typing."""
+
+    active: bool
+
+
+@dataclass(frozen=True)
+class Leave:
+    """End the chat or stop waiting."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """End the chat and never meet that partner again."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Invite:
+    """Create a private invite code and wait for it."""
+
+
+ClientFrame = Union[Find, Message, Typing, Leave, Report, Invite]
+
+
+def normalise_interest(raw: object) -> str:
+    """
+    Trim, lower-case and collapse inner whitespace of one interest.
+
+    @raise ProtocolError: (C{bad_request}) when it is not a string of 1 to
+        L{MAX_INTEREST_CHARS} characters once normalised.
+    """
+    if not isinstance(raw, str) or not _encodable(raw):
+        raise ProtocolError(BAD_REQUEST, "Each interest must be a string.")
+    interest = _WHITESPACE.sub(" ", raw).strip().lower()
+    if not 1 <= len(interest) <= MAX_INTEREST_CHARS:
+        raise ProtocolError(
+            BAD_REQUEST, f"Each interest must be 1 to {MAX_INTEREST_CHARS} characters."
+        )
+    return interest
+
+
+def normalise_interests(raw: object) -> tuple[str, ...]:
+    """
+    Validate and normalise an C{interests} field (absent/null means none).
+
+    Duplicates after normalisation are merged; the result is sorted.
+    """
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ProtocolError(BAD_REQUEST, "'interests' must be a list of strings.")
+    if len(raw) > MAX_INTERESTS:
+        raise ProtocolError(BAD_REQUEST, f"At most {MAX_INTERESTS} interests are allowed.")
+    return tuple(sorted({normalise_interest(item) for item in raw}))
+
+
+def _text(frame: dict[str, Any]) -> str:
+    text = frame.get("text")
+    if not isinstance(text, str):
+        raise ProtocolError(BAD_REQUEST, "'text' must be a string.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ProtocolError(TEXT_TOO_LONG, f"Messages are limited to {MAX_TEXT_CHARS} characters.")
+    if not text.strip():
+        raise ProtocolError(BAD_REQUEST, "Empty messages are not sent.")
+    if not _encodable(text):
+        raise ProtocolError(BAD_REQUEST, "'text' must be valid Unicode.")
+    return text
+
+
+def _find(frame: dict[str, Any]) -> Find:
+    invite = frame.get("invite")
+    if invite is not None and (not isinstance(invite, str) or len(invite) > MAX_INVITE_CHARS):
+        raise ProtocolError(BAD_REQUEST, "'invite' must be an invite code string.")
+    return Find(normalise_interests(frame.get("interests")), invite)
+
+
+def _typing(frame: dict[str, Any]) -> Typing:
+    active = frame.get("active")
+    if not isinstance(active, bool):
+        raise ProtocolError(BAD_REQUEST, "'active' must be true or false.")
+    return Typing(active)
+
+
+def _report(frame: dict[str, Any]) -> Report:
+    reason = frame.get("reason", "")
+    if reason is None:
+        reason = ""
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or not _encodable(reason):
+        raise ProtocolError(
+            BAD_REQUEST, f"'reason' must be a string of at most {MAX_REASON_CHARS} characters."
+        )
+    return Report(reason)
+
+
+def parse_client_frame(payload: bytes | str) -> ClientFrame:
+    """
+    Parse one client text frame into a typed request.
+
+    @raise ProtocolError: with code C{bad_request} or C{text_too_long}.
+    """
+    try:
+        frame = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise ProtocolError(BAD_REQUEST, "Frames must be JSON objects.") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError(BAD_REQUEST, "Frames must be JSON objects.")
+    kind = frame.get("type")
+    # The hot path first: most frames are messages and typing signals.
+    if kind == "message":
+        return Message(_text(frame))
+    if kind == "typing":
+        return _typing(frame)
+    if kind == "find":
+        return _find(frame)
+    if kind == "leave":
+        return Leave()
+    if kind == "report":
+        return _report(frame)
+    if kind == "invite":
+        return Invite()
+    raise ProtocolError(BAD_REQUEST, "Unknown or missing 'type'.")
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """Encode one server event as a compact UTF-8 JSON text frame."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def welcome(online: int) -> bytes:
+    return encode({"type": "welcome", "online": online})
+
+
+def waiting() -> bytes:
+    return encode({"type": "waiting"})
+
+
+def paired(chat: str, interests: Sequence[str]) -> bytes:
+    return encode({"type": "paired", "chat": chat, "interests": sorted(interests)})
+
+
+def message(text: str) -> bytes:
+    return encode({"type": "message", "text": text})
+
+
+def typing(active: bool) -> bytes:
+    return b'{"type":"typing","active":true}' if active else b'{"type":"typing","active":false}'
+
+
+def partner_left(chat: str) -> bytes:
+    return encode({"type": "partner_left", "chat": chat})
+
+
+def invite(code: str) -> bytes:
+    return encode({"type": "invite", "code": code})
+
+
+def invite_expired(code: str) -> bytes:
+    return encode({"type": "invite_expired", "code": code})
+
+
+def online(count: int) -> bytes:
+    return encode({"type": "online", "count": count})
+
+
+def error(code: str, message: str) -> bytes:
+    return encode({"type": "error", "code": code, "message": message})

@@ -1,0 +1,129 @@
+"""
+An in-memory harness: the real C{Site} and WebSocket stack, real Autobahn
+clients, connected by L{twisted.test.iosim} pumps on a L{Clock}.  No sockets,
+no global reactor, no real time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, cast
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.test.iosim import FakeTransport, IOPump, connect
+
+from chatroulette.lobby import Clock as LobbyClock
+from chatroulette.lobby import Lobby
+from chatroulette.protocol import ChatServerFactory, Settings, _ClockTimer
+from chatroulette.web import build_site
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+class MemoryClient(WebSocketClientProtocol):
+    """A WebSocket client that records every event it receives, decoded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict[str, Any]] = []
+        self.opened = False
+        self.closed: tuple[bool, int | None, str | None] | None = None
+
+    def onOpen(self) -> None:
+        self.opened = True
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.events.append(json.loads(payload))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = (wasClean, code, reason)
+
+    def send_json(self, **frame: Any) -> None:
+        self.sendMessage(json.dumps(frame).encode())
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    def last(self, type: str) -> dict[str, Any]:
+        """The most recent event of this type."""
+        for event in reversed(self.events):
+            if event["type"] == type:
+                return event
+        raise AssertionError(f"no {type!r} event in {self.events!r}")
+
+    def take(self) -> list[dict[str, Any]]:
+        """Return and forget the events received so far."""
+        events, self.events = self.events, []
+        return events
+
+
+class MemoryServer:
+    """The whole service on an in-memory network, with a controllable clock."""
+
+    def __init__(
+        self,
+        settings: Settings = Settings(),
+        interest_timeout: float = 10.0,
+        repeat_cooldown: float = 30.0,
+        seed: int = 0,
+    ) -> None:
+        self.clock = Clock()
+        self.lobby = Lobby(
+            cast(LobbyClock, self.clock),
+            random.Random(seed),
+            interest_timeout=interest_timeout,
+            repeat_cooldown=repeat_cooldown,
+        )
+        self.factory = ChatServerFactory(self.lobby, self.clock, settings)
+        self.site = build_site(self.factory, STATIC)
+        self.pumps: list[IOPump] = []
+        self._port = 40000
+
+    def connect(
+        self, path: str = "/ws", headers: dict[str, str] | None = None, host: str = "127.0.0.1"
+    ) -> MemoryClient:
+        """Open a WebSocket connection and complete the handshake."""
+        self._port += 1
+        client_factory = WebSocketClientFactory(f"ws://localhost:8080{path}", headers=headers)
+        client_factory.protocol = MemoryClient
+        client_factory._batched_timer = _ClockTimer(self.clock)
+        client_factory.setProtocolOptions(serverConnectionDropTimeout=0, failByDrop=False)
+        server_address = IPv4Address("TCP", "127.0.0.1", 8080)
+        client_address = IPv4Address("TCP", host, self._port)
+        server = self.site.buildProtocol(client_address)
+        client = cast(MemoryClient, client_factory.buildProtocol(server_address))
+        pump = connect(
+            server,
+            FakeTransport(server, True, server_address, client_address),
+            client,
+            FakeTransport(client, False, client_address, server_address),
+            greet=False,
+        )
+        self.pumps.append(pump)
+        self.flush()
+        return client
+
+    def flush(self) -> None:
+        """Deliver every pending byte in both directions on every connection."""
+        while any(pump.pump(advanceClock=False) for pump in self.pumps):
+            pass
+
+    def advance(self, seconds: float) -> None:
+        """Let time pass, then deliver what it caused."""
+        self.clock.advance(seconds)
+        self.flush()
+
+    def pair(self) -> tuple[MemoryClient, MemoryClient]:
+        """Two fresh clients chatting with each other."""
+        a, b = self.connect(), self.connect()
+        a.send_json(type="find")
+        b.send_json(type="find")
+        self.flush()
+        assert a.last("paired")["chat"] == b.last("paired")["chat"]
+        a.take()
+        b.take()
+        return a, b
