@@ -71,7 +71,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
     client_id = "-"
 
     def onConnect(self, request: ConnectionRequest) -> None:
-        self.client_id = self.factory.client_id(self.peer)
+        self.client_id = self.factory.client_id(request.peer)
 
     def onOpen(self) -> None:
         self._joined = True
@@ -119,7 +119,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
                 reason=frame.reason,
             )
         elif isinstance(frame, Invite):
-            self._send(messages.invite(lobby.create_invite(self)))
+            self._emit(messages.invite(lobby.create_invite(self)))
 
     def close_with(self, code: int, reason: str) -> None:
         """
@@ -131,38 +131,38 @@ class ChatServerProtocol(WebSocketServerProtocol):
 
     # Peer interface ---------------------------------------------------------
 
-    def _send(self, frame: bytes) -> None:
+    def _emit(self, frame: bytes) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendMessage(frame)
 
     def send_error(self, code: str, message: str) -> None:
         self.factory.errors[code] += 1
-        self._send(messages.error(code, message))
+        self._emit(messages.error(code, message))
 
     def send_waiting(self) -> None:
-        self._send(messages.waiting())
+        self._emit(messages.waiting())
 
     def send_paired(self, chat: str, interests: Sequence[str]) -> None:
         self._log.info("client {client} paired in chat {chat}", client=self.client_id, chat=chat)
-        self._send(messages.paired(chat, interests))
+        self._emit(messages.paired(chat, interests))
 
     def send_message(self, text: str) -> None:
-        self._send(messages.message(text))
+        self._emit(messages.message(text))
 
     def send_typing(self, active: bool) -> None:
-        self._send(messages.typing(active))
+        self._emit(messages.typing(active))
 
     def send_partner_left(self, chat: str) -> None:
-        self._send(messages.partner_left(chat))
+        self._emit(messages.partner_left(chat))
 
     def send_invite_expired(self, code: str) -> None:
-        self._send(messages.invite_expired(code))
+        self._emit(messages.invite_expired(code))
 
 
 class ChatServerFactory(WebSocketServerFactory):
     """Owns the lobby, the open connections and the WebSocket options."""
 
-    protocol = ChatServerProtocol
+    protocol = ChatServerProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

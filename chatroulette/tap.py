@@ -115,5 +115,5 @@ def makeService(options: Options) -> service.MultiService:
     factory = ChatServerFactory(lobby, clock, Settings())
     site = build_site(factory, options["static"])
     for description in options["listen"]:
-        strports.service(description, site, reactor).setServiceParent(top)  # type: ignore[arg-type]
+        strports.service(description, site, reactor).setServiceParent(top)
     return top

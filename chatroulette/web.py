@@ -49,7 +49,7 @@ def _security_headers(request: Request) -> None:
 class StaticFiles(File):
     """Static files with strict security headers on every response."""
 
-    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
+    def render(self, request: Request) -> bytes | int:
         _security_headers(request)
         result: bytes | int = super().render(request)
         return result

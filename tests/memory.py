@@ -52,7 +52,8 @@ class MemoryClient(WebSocketClientProtocol):
         """The most recent event of this type."""
         for event in reversed(self.events):
             if event["type"] == type:
-                return event
+                found: dict[str, Any] = event
+                return found
         raise AssertionError(f"no {type!r} event in {self.events!r}")
 
     def take(self) -> list[dict[str, Any]]:
