@@ -1,0 +1,535 @@
+"""
+The lobby's rules, with no reactor: a L{Clock}, a seeded random source and
+recording peers.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence, cast
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatroulette.lobby import INVITE_LIFETIME, Clock as LobbyClock
+from chatroulette.lobby import Lobby, LobbyError, State
+
+
+class RecordingPeer:
+    """A peer that remembers what the lobby told it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.events: list[tuple[Any, ...]] = []
+
+    def __repr__(self) -> str:
+        return f"<peer {self.name}>"
+
+    def send_waiting(self) -> None:
+        self.events.append(("waiting",))
+
+    def send_paired(self, chat: str, interests: Sequence[str]) -> None:
+        self.events.append(("paired", chat, list(interests)))
+
+    def send_message(self, text: str) -> None:
+        self.events.append(("message", text))
+
+    def send_typing(self, active: bool) -> None:
+        self.events.append(("typing", active))
+
+    def send_partner_left(self, chat: str) -> None:
+        self.events.append(("partner_left", chat))
+
+    def send_invite_expired(self, code: str) -> None:
+        self.events.append(("invite_expired", code))
+
+    def take(self) -> list[tuple[Any, ...]]:
+        events, self.events = self.events, []
+        return events
+
+
+def make_lobby(seed: int = 0, **kwargs: Any) -> tuple[Lobby, Clock]:
+    clock = Clock()
+    tokens = (f"code{i:08d}" for i in range(10**6))
+    lobby = Lobby(cast(LobbyClock, clock), random.Random(seed), make_token=lambda: next(tokens), **kwargs)
+    return lobby, clock
+
+
+class LobbyTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.lobby, self.clock = make_lobby()
+
+    def peer(self, name: str) -> RecordingPeer:
+        peer = RecordingPeer(name)
+        self.lobby.connect(peer)
+        return peer
+
+    def chat_of(self, peer: RecordingPeer) -> str:
+        kind, chat, _ = [e for e in peer.events if e[0] == "paired"][-1]
+        return cast(str, chat)
+
+
+class PairingTests(LobbyTestCase):
+    def test_first_waits_second_pairs(self) -> None:
+        """The first stranger waits; the second is paired with them at once, both told the same chat."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.assertEqual(a.take(), [("waiting",)])
+        self.lobby.find(b)
+        (ea,), (eb,) = a.take(), b.take()
+        self.assertEqual(ea[0], "paired")
+        self.assertEqual(ea, eb)
+        self.assertTrue(ea[1])
+        self.assertEqual(ea[2], [])
+        self.assertIs(self.lobby.partner_of(a), b)
+        self.assertEqual((self.lobby.online, self.lobby.waiting, self.lobby.chatting), (2, 0, 2))
+
+    def test_alone_never_paired_with_self(self) -> None:
+        """A lone stranger pressing find again and again keeps waiting."""
+        a = self.peer("a")
+        for _ in range(3):
+            self.lobby.find(a)
+        self.assertEqual(a.take(), [("waiting",)] * 3)
+        self.assertEqual(self.lobby.waiting, 1)
+        self.clock.advance(100)
+        self.assertEqual(a.take(), [])
+
+    def test_random_not_fifo(self) -> None:
+        """With several compatible waiters, who gets the newcomer depends on the random source."""
+        partners = set()
+        for seed in range(20):
+            lobby, _ = make_lobby(seed)
+            for i in range(5):
+                waiter = RecordingPeer(str(i))
+                lobby.connect(waiter)
+                lobby.find(waiter, [f"x{i}"])  # distinct interests: nobody pairs yet
+            newcomer = RecordingPeer("n")
+            lobby.connect(newcomer)
+            lobby.find(newcomer, [f"x{i}" for i in range(5)])
+            partner = lobby.partner_of(newcomer)
+            assert partner is not None
+            partners.add(cast(RecordingPeer, partner).name)
+        self.assertGreater(len(partners), 2)
+
+    def test_message_relayed_to_partner_only(self) -> None:
+        """A message reaches the partner, not the sender or anyone else."""
+        a, b, c = self.peer("a"), self.peer("b"), self.peer("c")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.find(c)
+        for p in (a, b, c):
+            p.take()
+        self.lobby.message(a, "hello")
+        self.lobby.typing(b, True)
+        self.assertEqual(b.take(), [("message", "hello")])
+        self.assertEqual(a.take(), [("typing", True)])
+        self.assertEqual(c.take(), [])
+        self.assertEqual(self.lobby.stats.messages, 1)
+
+    def test_message_without_partner(self) -> None:
+        """A message with nobody to receive it is refused with not_chatting."""
+        a = self.peer("a")
+        with self.assertRaises(LobbyError) as e:
+            self.lobby.message(a, "hello?")
+        self.assertEqual(e.exception.code, "not_chatting")
+        self.lobby.typing(a, True)  # silently dropped
+        self.assertEqual(a.take(), [])
+
+    def test_leave_tells_partner(self) -> None:
+        """Leaving ends the chat: the partner is told, the leaver is not."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        chat = self.chat_of(a)
+        a.take(), b.take()
+        self.lobby.leave(a)
+        self.assertEqual(b.take(), [("partner_left", chat)])
+        self.assertEqual(a.take(), [])
+        self.assertEqual(self.lobby.state_of(a), State.IDLE)
+        self.assertEqual(self.lobby.state_of(b), State.IDLE)
+
+    def test_leave_while_waiting(self) -> None:
+        """Leaving the queue means nobody is paired with you afterwards."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.leave(a)
+        self.lobby.find(b)
+        self.assertEqual(b.take(), [("waiting",)])
+        self.assertEqual(self.lobby.waiting, 1)
+
+    def test_next_ends_chat_and_requeues(self) -> None:
+        """find while chatting ends the chat (partner told) and looks for someone else."""
+        a, b, c = self.peer("a"), self.peer("b"), self.peer("c")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        chat = self.chat_of(b)
+        self.lobby.find(c)
+        a.take(), b.take(), c.take()
+        self.lobby.find(a)
+        self.assertEqual(b.take(), [("partner_left", chat)])
+        self.assertIs(self.lobby.partner_of(a), c)
+
+    def test_disconnect_tells_partner_and_forgets(self) -> None:
+        """A disconnect ends the chat and removes the client from every count."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        chat = self.chat_of(a)
+        b.take()
+        self.lobby.disconnect(a)
+        self.assertEqual(b.take(), [("partner_left", chat)])
+        self.assertEqual((self.lobby.online, self.lobby.waiting, self.lobby.chatting), (1, 0, 0))
+        self.lobby.disconnect(a)  # twice is harmless
+
+    def test_disconnect_while_waiting(self) -> None:
+        """A waiter who disconnects is never paired afterwards."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.disconnect(a)
+        self.lobby.find(b)
+        self.assertEqual(b.take(), [("waiting",)])
+
+
+class InterestTests(LobbyTestCase):
+    def test_shared_interest_preferred(self) -> None:
+        """Someone with interests is paired with a waiter sharing one, told what they share."""
+        a, b, c = self.peer("a"), self.peer("b"), self.peer("c")
+        self.lobby.find(a, ["music"])
+        self.lobby.find(b, ["chess", "music"])
+        self.assertEqual(self.lobby.partner_of(a), b)
+        self.assertEqual(self.chat_of(b), self.chat_of(a))
+        self.assertEqual(b.events[-1][2], ["music"])
+        self.lobby.find(c, ["chess"])
+        self.assertEqual(c.take(), [("waiting",)])
+
+    def test_no_random_match_before_timeout(self) -> None:
+        """A waiter with interests is not given a random stranger before the interest timeout."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a, ["music"])
+        self.lobby.find(b)
+        self.assertEqual(b.take(), [("waiting",)])
+        self.clock.advance(9.9)
+        self.assertIsNone(self.lobby.partner_of(a))
+        self.clock.advance(0.1)
+        self.assertIs(self.lobby.partner_of(a), b)
+        self.assertEqual(b.take()[-1][2], [])
+
+    def test_two_timed_out_interest_waiters_pair(self) -> None:
+        """Two waiters with different interests meet once both timeouts pass."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a, ["music"])
+        self.clock.advance(5)
+        self.lobby.find(b, ["chess"])
+        self.clock.advance(5)
+        self.assertIsNone(self.lobby.partner_of(a))
+        self.clock.advance(5)
+        self.assertIs(self.lobby.partner_of(a), b)
+
+    def test_timeout_cancelled_by_leave(self) -> None:
+        """Leaving cancels the pending interest timeout."""
+        a = self.peer("a")
+        self.lobby.find(a, ["music"])
+        self.lobby.leave(a)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class CooldownTests(LobbyTestCase):
+    def test_no_repeat_within_cooldown(self) -> None:
+        """Two strangers whose chat ended are kept apart for the cooldown, then may meet."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.find(b)  # next
+        self.lobby.find(a)
+        self.assertIsNone(self.lobby.partner_of(a))
+        self.assertEqual(self.lobby.waiting, 2)
+        self.clock.advance(29.9)
+        self.assertIsNone(self.lobby.partner_of(a))
+        self.clock.advance(0.1)
+        self.assertIs(self.lobby.partner_of(a), b)
+
+    def test_third_party_during_cooldown(self) -> None:
+        """During a cooldown, each of the two can still meet someone else."""
+        a, b, c = self.peer("a"), self.peer("b"), self.peer("c")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.leave(a)
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.find(c)
+        self.assertIn(self.lobby.partner_of(c), (a, b))
+
+    def test_zero_cooldown(self) -> None:
+        """With no cooldown, the same two can meet again immediately."""
+        self.lobby, self.clock = make_lobby(repeat_cooldown=0.0)
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.assertIs(self.lobby.partner_of(a), b)
+
+
+class ReportTests(LobbyTestCase):
+    def test_report_ends_and_blocks_forever(self) -> None:
+        """A reported pair is split and never paired again, even after the cooldown."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        chat = self.chat_of(b)
+        b.take()
+        self.assertIs(self.lobby.report(a, "rude"), b)
+        self.assertEqual(b.take(), [("partner_left", chat)])
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.clock.advance(3600)
+        self.assertIsNone(self.lobby.partner_of(a))
+        self.assertEqual(self.lobby.stats.reports, 1)
+
+    def test_report_after_partner_left(self) -> None:
+        """Reporting after the stranger left reports that stranger."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.leave(b)
+        self.assertIs(self.lobby.report(a), b)
+
+    def test_report_nobody(self) -> None:
+        """Reporting with no partner ever is refused."""
+        a = self.peer("a")
+        with self.assertRaises(LobbyError) as e:
+            self.lobby.report(a)
+        self.assertEqual(e.exception.code, "not_chatting")
+        self.assertEqual(self.lobby.stats.reports, 0)
+
+
+class InviteTests(LobbyTestCase):
+    def test_invite_pairs_friend(self) -> None:
+        """A friend with the code is paired with the inviter, who never entered the random queue."""
+        a, b, c = self.peer("a"), self.peer("b"), self.peer("c")
+        code = self.lobby.create_invite(a)
+        self.lobby.find(c)  # a random stranger is not given the inviter
+        self.assertEqual(c.take(), [("waiting",)])
+        self.lobby.find(b, invite=code)
+        self.assertIs(self.lobby.partner_of(a), b)
+        self.assertEqual(a.take()[-1][2], [])
+
+    def test_invite_single_use(self) -> None:
+        """A used code is invalid afterwards and the refusal changes nothing."""
+        a, b, c = self.peer("a"), self.peer("b"), self.peer("c")
+        code = self.lobby.create_invite(a)
+        self.lobby.find(b, invite=code)
+        with self.assertRaises(LobbyError) as e:
+            self.lobby.find(c, invite=code)
+        self.assertEqual(e.exception.code, "invite_invalid")
+        self.assertIs(self.lobby.partner_of(a), b)
+        self.assertEqual(self.lobby.state_of(c), State.IDLE)
+
+    def test_invalid_invite_keeps_chat(self) -> None:
+        """A bad code while chatting leaves the chat going."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        b.take()
+        with self.assertRaises(LobbyError):
+            self.lobby.find(a, invite="nope")
+        self.assertIs(self.lobby.partner_of(a), b)
+        self.assertEqual(b.take(), [])
+
+    def test_own_invite_refused(self) -> None:
+        """Nobody can join their own invite."""
+        a = self.peer("a")
+        code = self.lobby.create_invite(a)
+        with self.assertRaises(LobbyError):
+            self.lobby.find(a, invite=code)
+        self.assertEqual(self.lobby.state_of(a), State.INVITING)
+
+    def test_invite_expires(self) -> None:
+        """After ten minutes the code is dead and the inviter is told and idle."""
+        a, b = self.peer("a"), self.peer("b")
+        code = self.lobby.create_invite(a)
+        self.assertGreaterEqual(len(code), 8)
+        self.clock.advance(INVITE_LIFETIME)
+        self.assertEqual(a.take(), [("invite_expired", code)])
+        self.assertEqual(self.lobby.state_of(a), State.IDLE)
+        with self.assertRaises(LobbyError):
+            self.lobby.find(b, invite=code)
+
+    def test_leave_cancels_invite(self) -> None:
+        """Leaving cancels the invite: the code no longer works, no timer lingers."""
+        a, b = self.peer("a"), self.peer("b")
+        code = self.lobby.create_invite(a)
+        self.lobby.leave(a)
+        with self.assertRaises(LobbyError):
+            self.lobby.find(b, invite=code)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_invite_ends_current_chat(self) -> None:
+        """Creating an invite while chatting ends that chat."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        chat = self.chat_of(b)
+        b.take()
+        self.lobby.create_invite(a)
+        self.assertEqual(b.take(), [("partner_left", chat)])
+
+    def test_default_tokens_unguessable(self) -> None:
+        """Without an injected token factory, codes are long URL-safe random strings."""
+        lobby = Lobby(cast(LobbyClock, Clock()))
+        peer = RecordingPeer("a")
+        lobby.connect(peer)
+        codes = {lobby.create_invite(peer) for _ in range(50)}
+        self.assertEqual(len(codes), 50)
+        for code in codes:
+            self.assertGreaterEqual(len(code), 8)
+            self.assertRegex(code, r"^[A-Za-z0-9_-]+$")
+
+
+class LargePoolTests(SynchronousTestCase):
+    def test_everyone_paired(self) -> None:
+        """A thousand strangers arriving one by one all end up in pairs."""
+        lobby, _ = make_lobby()
+        peers = [RecordingPeer(str(i)) for i in range(1000)]
+        for p in peers:
+            lobby.connect(p)
+            lobby.find(p)
+        self.assertEqual(lobby.chatting, 1000)
+        for p in peers:
+            partner = lobby.partner_of(p)
+            self.assertIsNotNone(partner)
+            self.assertIs(lobby.partner_of(cast(RecordingPeer, partner)), p)
+
+
+class LobbyMachine(RuleBasedStateMachine):
+    """Random sequences of requests, racing in any order, never break the invariants."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lobby, self.clock = make_lobby(interest_timeout=3.0, repeat_cooldown=5.0)
+        self.peers: list[RecordingPeer] = []
+        self.connected: list[RecordingPeer] = []
+        self.codes: list[str] = []
+
+    @initialize()
+    def start(self) -> None:
+        for i in range(6):
+            peer = RecordingPeer(str(i))
+            self.peers.append(peer)
+            self.lobby.connect(peer)
+            self.connected.append(peer)
+
+    def _pick(self, i: int) -> RecordingPeer | None:
+        return self.connected[i % len(self.connected)] if self.connected else None
+
+    @rule(i=st.integers(0, 10), interests=st.lists(st.sampled_from(["a", "b", "c"]), max_size=2))
+    def find(self, i: int, interests: list[str]) -> None:
+        peer = self._pick(i)
+        if peer:
+            self.lobby.find(peer, sorted(set(interests)))
+
+    @rule(i=st.integers(0, 10))
+    def leave(self, i: int) -> None:
+        peer = self._pick(i)
+        if peer:
+            self.lobby.leave(peer)
+
+    @rule(i=st.integers(0, 10))
+    def message(self, i: int) -> None:
+        peer = self._pick(i)
+        if peer:
+            try:
+                self.lobby.message(peer, "hi")
+            except LobbyError as e:
+                assert e.code == "not_chatting"
+                assert self.lobby.partner_of(peer) is None
+
+    @rule(i=st.integers(0, 10))
+    def report(self, i: int) -> None:
+        peer = self._pick(i)
+        if peer:
+            try:
+                self.lobby.report(peer)
+            except LobbyError:
+                pass
+
+    @rule(i=st.integers(0, 10))
+    def invite(self, i: int) -> None:
+        peer = self._pick(i)
+        if peer:
+            self.codes.append(self.lobby.create_invite(peer))
+
+    @rule(i=st.integers(0, 10), j=st.integers(0, 10))
+    def join(self, i: int, j: int) -> None:
+        peer = self._pick(i)
+        if peer and self.codes:
+            try:
+                self.lobby.find(peer, invite=self.codes[j % len(self.codes)])
+            except LobbyError as e:
+                assert e.code == "invite_invalid"
+
+    @rule(i=st.integers(0, 10))
+    def disconnect(self, i: int) -> None:
+        peer = self._pick(i)
+        if peer:
+            self.lobby.disconnect(peer)
+            self.connected.remove(peer)
+
+    @rule()
+    def reconnect(self) -> None:
+        peer = RecordingPeer(str(len(self.peers)))
+        self.peers.append(peer)
+        self.lobby.connect(peer)
+        self.connected.append(peer)
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 5.0, 700.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @invariant()
+    def consistent(self) -> None:
+        lobby = self.lobby
+        states = {p: lobby.state_of(p) for p in self.connected}
+        for peer, state in states.items():
+            partner = lobby.partner_of(peer)
+            if state is State.CHATTING:
+                assert partner is not None and partner is not peer
+                assert partner in states, "paired with a disconnected client"
+                assert lobby.partner_of(partner) is peer, "pairs are symmetric"
+            else:
+                assert partner is None
+        assert lobby.online == len(self.connected)
+        assert lobby.waiting == sum(s in (State.WAITING, State.INVITING) for s in states.values())
+        assert lobby.chatting == sum(s is State.CHATTING for s in states.values())
+        assert lobby.chatting % 2 == 0
+
+    @invariant()
+    def last_word_matches_state(self) -> None:
+        """What each client was told last agrees with its state."""
+        for peer in self.connected:
+            state = self.lobby.state_of(peer)
+            told = [e[0] for e in peer.events if e[0] in ("paired", "partner_left")]
+            if state is State.CHATTING:
+                assert told and told[-1] == "paired"
+
+    @invariant()
+    def no_open_waiters_left_apart(self) -> None:
+        """Two waiters who accept anyone and are allowed to meet are never both left waiting."""
+        open_waiters = [
+            p
+            for p in self.connected
+            if self.lobby.state_of(p) is State.WAITING and self.lobby._clients[p].open
+        ]
+        for x in open_waiters:
+            for y in open_waiters:
+                assert not self.lobby._clients[x].compatible(self.lobby._clients[y])
+
+
+class LobbyPropertyTests(SynchronousTestCase):
+    def test_invariants(self) -> None:
+        """Hypothesis drives random request sequences; invariants hold after every step."""
+        LobbyMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+        LobbyMachine.TestCase("runTest").runTest()
