@@ -31,13 +31,17 @@ class MemoryClient(WebSocketClientProtocol):
         super().__init__()
         self.events: list[dict[str, Any]] = []
         self.opened = False
+        self.chat: str | None = None
         self.closed: tuple[bool, int | None, str | None] | None = None
 
     def onOpen(self) -> None:
         self.opened = True
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.events.append(json.loads(payload))
+        event = json.loads(payload)
+        if event["type"] == "paired":
+            self.chat = event["chat"]
+        self.events.append(event)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.closed = (wasClean, code, reason)

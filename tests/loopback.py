@@ -1,0 +1,86 @@
+"""
+Helpers for tests over real loopback sockets: start the service the way
+twistd does (Options + makeService), and WebSocket clients that queue events.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.interfaces import IListeningPort
+
+from chatroulette.tap import Options, makeService
+
+
+class RunningService:
+    """The chatroulette service started in-process on an ephemeral loopback port."""
+
+    def __init__(self, service: MultiService, port: int) -> None:
+        self.service = service
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}/ws"
+        self.http = f"http://127.0.0.1:{port}"
+
+    @classmethod
+    async def start(cls, *args: str) -> RunningService:
+        options = Options()
+        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
+        service = makeService(options)
+        service.startService()
+        endpoint_service = next(s for s in service if isinstance(s, StreamServerEndpointService))
+        waiting: defer.Deferred[IListeningPort] = endpoint_service._waitingForPort  # type: ignore[assignment]
+        port = await waiting
+        return cls(service, port.getHost().port)  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        await defer.maybeDeferred(self.service.stopService)
+
+
+class QueueClient(WebSocketClientProtocol):
+    """A WebSocket client whose received events can be awaited one by one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: defer.DeferredQueue[dict[str, Any]] = defer.DeferredQueue()
+        self.opened: defer.Deferred[None] = defer.Deferred()
+        self.closed: defer.Deferred[int | None] = defer.Deferred()
+
+    def onOpen(self) -> None:
+        self.opened.callback(None)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.queue.put(json.loads(payload))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.opened.called:
+            self.opened.errback(ConnectionError(reason))
+        self.closed.callback(code)
+
+    def send_json(self, **frame: Any) -> None:
+        self.sendMessage(json.dumps(frame).encode())
+
+    async def next(self, type: str | None = None) -> dict[str, Any]:
+        """The next event (of this type, skipping others), failing after 5 seconds."""
+        while True:
+            d = self.queue.get()
+            d.addTimeout(5, reactor)
+            event: dict[str, Any] = await d
+            if type is None or event["type"] == type:
+                return event
+
+
+async def open_client(url: str, origin: str | None = None) -> QueueClient:
+    """Connect a L{QueueClient} to C{url} over a real socket and wait for the handshake."""
+    factory = WebSocketClientFactory(url, origin=origin)
+    factory.protocol = QueueClient
+    factory.setProtocolOptions(failByDrop=False)
+    host, port = factory.host, factory.port
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port)
+    client = cast(QueueClient, await endpoint.connect(factory))
+    await client.opened
+    return client
