@@ -8,10 +8,11 @@ Nothing here imports Twisted or Autobahn.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Final, Sequence, Union
+
+import orjson
 
 MAX_TEXT_CHARS: Final = 2000
 MAX_REASON_CHARS: Final = 200
@@ -28,17 +29,6 @@ RATE_LIMITED: Final = "rate_limited"
 ERROR_CODES: Final = (BAD_REQUEST, TEXT_TOO_LONG, NOT_CHATTING, INVITE_INVALID, RATE_LIMITED)
 
 _WHITESPACE = re.compile(r"\s+")
-
-
-def _encodable(text: str) -> bool:
-    """Whether C{text} survives UTF-8 (JSON allows lone surrogates; UTF-8 does not)."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class ProtocolError(Exception):
@@ -101,7 +91,7 @@ def normalise_interest(raw: object) -> str:
     @raise ProtocolError: (C{bad_request}) when it is not a string of 1 to
         L{MAX_INTEREST_CHARS} characters once normalised.
     """
-    if not isinstance(raw, str) or not _encodable(raw):
+    if not isinstance(raw, str):
         raise ProtocolError(BAD_REQUEST, "Each interest must be a string.")
     interest = _WHITESPACE.sub(" ", raw).strip().lower()
     if not 1 <= len(interest) <= MAX_INTEREST_CHARS:
@@ -134,8 +124,6 @@ def _text(frame: dict[str, Any]) -> str:
         raise ProtocolError(TEXT_TOO_LONG, f"Messages are limited to {MAX_TEXT_CHARS} characters.")
     if not text.strip():
         raise ProtocolError(BAD_REQUEST, "Empty messages are not sent.")
-    if not _encodable(text):
-        raise ProtocolError(BAD_REQUEST, "'text' must be valid Unicode.")
     return text
 
 
@@ -157,7 +145,7 @@ def _report(frame: dict[str, Any]) -> Report:
     reason = frame.get("reason", "")
     if reason is None:
         reason = ""
-    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or not _encodable(reason):
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
         raise ProtocolError(
             BAD_REQUEST, f"'reason' must be a string of at most {MAX_REASON_CHARS} characters."
         )
@@ -168,11 +156,16 @@ def parse_client_frame(payload: bytes | str) -> ClientFrame:
     """
     Parse one client text frame into a typed request.
 
+    orjson is strict where the standard library is lenient, which is what a
+    chat server wants: it refuses invalid UTF-8, lone surrogates (so every
+    string it returns can be encoded again), NaN/Infinity, and nesting deeper
+    than 1024.
+
     @raise ProtocolError: with code C{bad_request} or C{text_too_long}.
     """
     try:
-        frame = json.loads(payload)
-    except (ValueError, RecursionError):
+        frame = orjson.loads(payload)
+    except orjson.JSONDecodeError:
         raise ProtocolError(BAD_REQUEST, "Frames must be JSON objects.") from None
     if not isinstance(frame, dict):
         raise ProtocolError(BAD_REQUEST, "Frames must be JSON objects.")
@@ -195,7 +188,7 @@ def parse_client_frame(payload: bytes | str) -> ClientFrame:
 
 def encode(event: dict[str, Any]) -> bytes:
     """Encode one server event as a compact UTF-8 JSON text frame."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return orjson.dumps(event)
 
 
 def welcome(online: int) -> bytes:
