@@ -121,6 +121,11 @@ class State(enum.Enum):
     CHATTING = "chatting"
 
 
+# Module-level aliases: comparing against these is cheaper than State.X
+# lookups on the hot path (Python 3.11 resolves enum members through the
+# metaclass).
+_IDLE, _WAITING, _INVITING, _CHATTING = State.IDLE, State.WAITING, State.INVITING, State.CHATTING
+
 T = TypeVar("T")
 
 
@@ -193,7 +198,8 @@ class Lobby:
         self._by_interest: dict[str, _Pool[_Client]] = {}
         self._invites: dict[str, tuple[_Client, DelayedCall]] = {}
         self._cooldowns: dict[frozenset[_Client], DelayedCall] = {}
-        self._counts = {state: 0 for state in State}
+        self._waiting = 0  # WAITING or INVITING
+        self._chatting = 0
         self.stats = LobbyStats()
 
     # Counts -----------------------------------------------------------------
@@ -204,11 +210,11 @@ class Lobby:
 
     @property
     def waiting(self) -> int:
-        return self._counts[State.WAITING] + self._counts[State.INVITING]
+        return self._waiting
 
     @property
     def chatting(self) -> int:
-        return self._counts[State.CHATTING]
+        return self._chatting
 
     def state_of(self, peer: Peer) -> State:
         return self._clients[peer].state
@@ -221,14 +227,12 @@ class Lobby:
 
     def connect(self, peer: Peer) -> None:
         self._clients[peer] = _Client(peer)
-        self._counts[State.IDLE] += 1
 
     def disconnect(self, peer: Peer) -> None:
         client = self._clients.pop(peer, None)
         if client is None:
             return
         self._become_idle(client)
-        self._counts[State.IDLE] -= 1
         for other in client.cooling:
             other.cooling.discard(client)
         for other in client.blocked:
@@ -244,7 +248,7 @@ class Lobby:
             return
         self._become_idle(client)
         client.interests = tuple(interests)
-        self._set_state(client, State.WAITING)
+        self._set_state(client, _WAITING)
         if client.interests:
             for interest in client.interests:
                 self._by_interest.setdefault(interest, _Pool()).add(client)
@@ -296,25 +300,32 @@ class Lobby:
         expiry = self._clock.callLater(INVITE_LIFETIME, self._expire_invite, code)
         self._invites[code] = (client, expiry)
         client.invite = code
-        self._set_state(client, State.INVITING)
+        self._set_state(client, _INVITING)
         return code
 
     # Internals --------------------------------------------------------------
 
     def _set_state(self, client: _Client, state: State) -> None:
-        self._counts[client.state] -= 1
-        self._counts[state] += 1
+        old = client.state
+        if old is _CHATTING:
+            self._chatting -= 1
+        elif old is not _IDLE:
+            self._waiting -= 1
+        if state is _CHATTING:
+            self._chatting += 1
+        elif state is not _IDLE:
+            self._waiting += 1
         client.state = state
 
     def _become_idle(self, client: _Client) -> None:
         """Leave the queue, the invite or the chat (telling the partner)."""
-        if client.state is State.WAITING:
+        if client.state is _WAITING:
             self._unqueue(client)
-        elif client.state is State.INVITING:
+        elif client.state is _INVITING:
             self._cancel_invite(client)
-        elif client.state is State.CHATTING:
+        elif client.state is _CHATTING:
             self._end_chat(client)
-        self._set_state(client, State.IDLE)
+        self._set_state(client, _IDLE)
 
     def _unqueue(self, client: _Client) -> None:
         if client.open:
@@ -345,7 +356,7 @@ class Lobby:
             one.partner = one.chat = None
             one.last_partner = other
             one.cooling.add(other)
-        self._set_state(partner, State.IDLE)
+        self._set_state(partner, _IDLE)
         if self._repeat_cooldown > 0:
             key = frozenset((client, partner))
             previous = self._cooldowns.pop(key, None)
@@ -363,13 +374,13 @@ class Lobby:
         one.cooling.discard(other)
         other.cooling.discard(one)
         for client in (one, other):
-            if client.state is State.WAITING and self._clients.get(client.peer) is client:
+            if client.state is _WAITING and self._clients.get(client.peer) is client:
                 self._match(client)
 
     def _open_up(self, client: _Client) -> None:
         """The interest timeout passed: this waiter now accepts anyone."""
         client.timer = None
-        if client.state is State.WAITING:
+        if client.state is _WAITING:
             self._open.add(client)
             client.open = True
             self._match(client)
@@ -377,8 +388,8 @@ class Lobby:
     def _expire_invite(self, code: str) -> None:
         client, _ = self._invites.pop(code)
         client.invite = None
-        if client.state is State.INVITING:
-            self._set_state(client, State.IDLE)
+        if client.state is _INVITING:
+            self._set_state(client, _IDLE)
             client.peer.send_invite_expired(code)
 
     def _join_invite(self, client: _Client, code: str) -> None:
@@ -429,7 +440,7 @@ class Lobby:
         chat = f"{self._rng.getrandbits(64):016x}"
         for a, b in ((one, other), (other, one)):
             a.partner, a.chat = b, chat
-            self._set_state(a, State.CHATTING)
+            self._set_state(a, _CHATTING)
         self.stats.pairings += 1
         one.peer.send_paired(chat, shared)
         other.peer.send_paired(chat, shared)

@@ -1,0 +1,119 @@
+"""
+The frame fast path agrees with Autobahn on every byte stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatroulette.fastpath import text_frame, unmask
+
+from .memory import MemoryServer
+
+
+def masked(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x11\x22\x33\x44") -> bytes:
+    """A client frame built independently of the code under test."""
+    n = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if n < 126:
+        header = bytes((first, 0x80 | n))
+    elif n < 65536:
+        header = bytes((first, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((first, 0x80 | 127)) + n.to_bytes(8, "big")
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def message(text: str) -> bytes:
+    return json.dumps({"type": "message", "text": text}).encode()
+
+
+class UnitTests(SynchronousTestCase):
+    @given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
+    def test_unmask_is_xor(self, payload: bytes, mask: bytes) -> None:
+        """unmask XORs with the repeating mask, for every length."""
+        self.assertEqual(unmask(payload, mask), bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def test_text_frame_lengths(self) -> None:
+        """Server frames use the minimal length encoding at each boundary."""
+        self.assertEqual(text_frame(b"x" * 125)[:2], b"\x81\x7d")
+        self.assertEqual(text_frame(b"x" * 126)[:4], b"\x81\x7e\x00\x7e")
+        self.assertEqual(text_frame(b"x" * 65536)[:10], b"\x81\x7f" + (65536).to_bytes(8, "big"))
+
+
+frames = st.lists(
+    st.one_of(
+        st.tuples(st.just("text"), st.text(min_size=1, max_size=200).filter(str.strip)),
+        st.tuples(st.just("ping"), st.binary(max_size=20).map(lambda b: b.hex())),
+        st.tuples(st.just("fragmented"), st.text(min_size=2, max_size=200).filter(str.strip)),
+        st.tuples(st.just("noise"), st.sampled_from(["[]", '{"type":"nope"}', '{"type":"message"}'])),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+class StreamTests(SynchronousTestCase):
+    @settings(max_examples=60, deadline=None)
+    @given(frames, st.lists(st.integers(0, 10_000), max_size=8))
+    def test_any_split_same_result(self, spec: list[tuple[str, str]], cuts: list[int]) -> None:
+        """However frames are mixed and split across reads, the partner gets every message in order."""
+        server = MemoryServer()
+        a, b = server.pair()
+        stream, expected, errors = b"", [], 0
+        for kind, value in spec:
+            if kind == "text":
+                stream += masked(1, message(value))
+                expected.append(value)
+            elif kind == "ping":
+                stream += masked(9, bytes.fromhex(value))
+            elif kind == "noise":
+                stream += masked(1, value.encode())
+                errors += 1
+            else:
+                payload = message(value)
+                middle = len(payload) // 2
+                stream += masked(1, payload[:middle], fin=False) + masked(0, payload[middle:])
+                expected.append(value)
+        points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+        for start, end in zip(points, points[1:]):
+            a.transport.write(stream[start:end])
+            server.flush()
+        self.assertEqual([e["text"] for e in b.events if e["type"] == "message"], expected)
+        self.assertEqual(len([e for e in a.events if e["type"] == "error"]), errors)
+        self.assertIsNone(a.closed)
+
+    def test_invalid_utf8_still_1007(self) -> None:
+        """A complete, small, masked text frame with invalid UTF-8 still closes with 1007."""
+        server = MemoryServer()
+        a, b = server.pair()
+        a.transport.write(masked(1, b'{"type":"message","text":"\xc3\x28"}'))
+        server.flush()
+        assert a.closed is not None
+        self.assertEqual(a.closed[1], 1007)
+        self.assertEqual(b.events[-1]["type"], "partner_left")
+
+    def test_unmasked_client_frame_refused(self) -> None:
+        """An unmasked client frame is a protocol error, decided by Autobahn (1002)."""
+        server = MemoryServer()
+        a, _ = server.pair()
+        a.transport.write(b"\x81\x02{}")
+        server.flush()
+        assert a.closed is not None
+        self.assertEqual(a.closed[1], 1002)
+
+    def test_large_message_in_pieces(self) -> None:
+        """A 2000-character message with a 16-bit length arrives byte by byte and is relayed once."""
+        server = MemoryServer()
+        a, b = server.pair()
+        text = "é" + os.urandom(999).hex()[:1999]
+        frame = masked(1, message(text))
+        for i in range(len(frame)):
+            a.transport.write(frame[i : i + 1])
+            server.flush()
+        self.assertEqual(b.events, [{"type": "message", "text": text}])
