@@ -13,7 +13,7 @@ close code.  See C{benchmarks/RESULTS.md} for what it gains.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -44,7 +44,7 @@ def text_frame(payload: bytes) -> bytes:
     return bytes((_FIN_TEXT, 127)) + n.to_bytes(8, "big") + payload
 
 
-def write_through(transport: ITransport, data: bytes) -> None:
+def write_through(transport: ITransport | None, data: bytes) -> None:
     """
     Write C{data} to the socket now when nothing is queued, like asyncio does.
 
@@ -71,7 +71,8 @@ def write_through(transport: ITransport, data: bytes) -> None:
         if sent == len(data):
             return
         data = data[sent:]
-    transport.write(data)
+    if transport is not None:
+        transport.write(data)
 
 
 class FastTextFrames(WebSocketServerProtocol):
@@ -145,4 +146,4 @@ def share_options(factory: WebSocketServerFactory) -> None:
     base = factory.protocol
     attrs: dict[str, Any] = {name: getattr(factory, name) for name in base.CONFIG_ATTRS}
     attrs["CONFIG_ATTRS"] = ()
-    factory.protocol = type(base.__name__, (base,), attrs)
+    factory.protocol = cast("type[WebSocketServerProtocol]", type(base.__name__, (base,), attrs))

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.fastpath import text_frame, unmask
 
-from .memory import MemoryServer
+from .memory import MemoryClient, MemoryServer
 
 
 def masked(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x11\x22\x33\x44") -> bytes:
@@ -27,6 +27,12 @@ def masked(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x11\x
     else:
         header = bytes((first, 0x80 | 127)) + n.to_bytes(8, "big")
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def write(client: MemoryClient, data: bytes) -> None:
+    """Write raw bytes on the client's side of the in-memory connection."""
+    assert client.transport is not None
+    client.transport.write(data)
 
 
 def message(text: str) -> bytes:
@@ -82,7 +88,7 @@ class StreamTests(SynchronousTestCase):
                 expected.append(value)
         points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
         for start, end in zip(points, points[1:]):
-            a.transport.write(stream[start:end])
+            write(a, stream[start:end])
             server.flush()
         self.assertEqual([e["text"] for e in b.events if e["type"] == "message"], expected)
         self.assertEqual(len([e for e in a.events if e["type"] == "error"]), errors)
@@ -92,7 +98,7 @@ class StreamTests(SynchronousTestCase):
         """A complete, small, masked text frame with invalid UTF-8 still closes with 1007."""
         server = MemoryServer()
         a, b = server.pair()
-        a.transport.write(masked(1, b'{"type":"message","text":"\xc3\x28"}'))
+        write(a, masked(1, b'{"type":"message","text":"\xc3\x28"}'))
         server.flush()
         assert a.closed is not None
         self.assertEqual(a.closed[1], 1007)
@@ -102,7 +108,7 @@ class StreamTests(SynchronousTestCase):
         """An unmasked client frame is a protocol error, decided by Autobahn (1002)."""
         server = MemoryServer()
         a, _ = server.pair()
-        a.transport.write(b"\x81\x02{}")
+        write(a, b"\x81\x02{}")
         server.flush()
         assert a.closed is not None
         self.assertEqual(a.closed[1], 1002)
@@ -114,6 +120,6 @@ class StreamTests(SynchronousTestCase):
         text = "é" + os.urandom(999).hex()[:1999]
         frame = masked(1, message(text))
         for i in range(len(frame)):
-            a.transport.write(frame[i : i + 1])
+            write(a, frame[i : i + 1])
             server.flush()
         self.assertEqual(b.events, [{"type": "message", "text": text}])
