@@ -187,12 +187,18 @@ class Lobby:
         interest_timeout: float = DEFAULT_INTEREST_TIMEOUT,
         repeat_cooldown: float = DEFAULT_REPEAT_COOLDOWN,
         make_token: Callable[[], str] = lambda: secrets.token_urlsafe(9),
+        on_pair: Callable[[str, Peer, Peer, Sequence[str]], None] | None = None,
     ) -> None:
+        """
+        @param on_pair: called once per chat started, with the chat id, the
+            two peers and their shared interests (for logging).
+        """
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._interest_timeout = interest_timeout
         self._repeat_cooldown = repeat_cooldown
         self._make_token = make_token
+        self._on_pair = on_pair
         self._clients: dict[Peer, _Client] = {}
         self._open: _Pool[_Client] = _Pool()
         self._by_interest: dict[str, _Pool[_Client]] = {}
@@ -442,5 +448,7 @@ class Lobby:
             a.partner, a.chat = b, chat
             self._set_state(a, _CHATTING)
         self.stats.pairings += 1
+        if self._on_pair is not None:
+            self._on_pair(chat, one.peer, other.peer, shared)
         one.peer.send_paired(chat, shared)
         other.peer.send_paired(chat, shared)

@@ -87,6 +87,15 @@ class PairingTests(LobbyTestCase):
         self.assertIs(self.lobby.partner_of(a), b)
         self.assertEqual((self.lobby.online, self.lobby.waiting, self.lobby.chatting), (2, 0, 2))
 
+    def test_pair_observed_once(self) -> None:
+        """The on_pair hook hears about each chat once, with both peers and what they share."""
+        seen: list[tuple[Any, ...]] = []
+        self.lobby, _ = make_lobby(on_pair=lambda *args: seen.append(args))
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a, ["x", "y"])
+        self.lobby.find(b, ["y"])
+        self.assertEqual(seen, [(self.chat_of(a), b, a, ["y"])])
+
     def test_alone_never_paired_with_self(self) -> None:
         """A lone stranger pressing find again and again keeps waiting."""
         a = self.peer("a")
