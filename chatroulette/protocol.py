@@ -1,8 +1,9 @@
 """
 The Autobahn adapter: frames in, lobby calls; lobby events out, frames.
 
-L{ChatServerFactory} owns the lobby and the WebSocket options;
-L{ChatServerProtocol} is one connection and nothing more than a translator.
+L{ChatServerFactory} owns the lobby, the WebSocket options and the abuse
+limits; L{ChatServerProtocol} is one connection: a translator plus the
+per-connection guards (rate limits, slow-reader cut-off, handshake checks).
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ from typing import Any, Callable, Sequence, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import messages
+from .limits import AddressLimits, OriginPolicy, TokenBucket, address_key, forwarded_address, is_loopback
 from .lobby import ILobby, LobbyError
 from .messages import (
+    RATE_LIMITED,
     Find,
     Invite,
     Leave,
@@ -32,8 +43,13 @@ from .messages import (
     Typing,
     parse_client_frame,
 )
+from .moderation import BANNED, Moderation
 
+CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
+
+_OPEN = WebSocketProtocol.STATE_OPEN
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,38 @@ class Settings:
     ping_interval: float = 25.0
     ping_timeout: float = 10.0
     log_addresses: bool = True
+    # Per-connection token buckets (requests per second, burst); rate 0 = unlimited.
+    message_rate: float = 5.0
+    message_burst: int = 10
+    typing_rate: float = 10.0
+    typing_burst: int = 20
+    request_rate: float = 2.0
+    request_burst: int = 10
+    # Close a connection that lets this many bytes pile up unread (0 = never).
+    max_buffer_bytes: int = 1024 * 1024
+    # Handshake checks.
+    allowed_origins: tuple[str, ...] = ()
+    max_connections_per_ip: int = 50
+    handshake_rate: float = 20.0
+    handshake_burst: int = 50
+    trust_proxy_headers: bool = False
+
+
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """
+    The Autobahn protocol options of the chat server, in one place, so the
+    conformance test runs the RFC 6455 test-suite against exactly these.
+    """
+    return dict(
+        failByDrop=False,
+        maxFramePayloadSize=settings.max_frame_bytes,
+        maxMessagePayloadSize=settings.max_frame_bytes,
+        openHandshakeTimeout=settings.open_handshake_timeout,
+        closeHandshakeTimeout=settings.close_handshake_timeout,
+        autoPingInterval=settings.ping_interval,
+        autoPingTimeout=settings.ping_timeout,
+        perMessageCompressionAccept=lambda offers: None,
+    )
 
 
 class _ClockTimer:
@@ -62,6 +110,7 @@ class _ClockTimer:
         return self._clock.callLater(delay, func, *args, **kwargs)
 
 
+@implementer(IPushProducer)
 class ChatServerProtocol(WebSocketServerProtocol):
     """One connected stranger: a L{chatroulette.lobby.Peer}."""
 
@@ -69,24 +118,88 @@ class ChatServerProtocol(WebSocketServerProtocol):
     _log = Logger()
     _joined = False
     client_id = "-"
+    # The per-address accounting key (IPv4 address or IPv6 /64), or None for
+    # loopback peers without trusted proxy headers (exempt from caps and bans).
+    address_key: str | None = None
+    _counted: str | None = None
+    _messages: TokenBucket | None = None
+    _typing: TokenBucket | None = None
+    _requests: TokenBucket | None = None
+    _warned = False
+    # Slow-reader accounting: bytes queued while the transport has paused us.
+    _paused = False
+    _paused_bytes = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Autobahn's own log events name self.peer; never let them carry the
+        # raw address (see --log-addresses).
+        transport = cast(ITCPTransport, self.transport)
+        self.remote_host = str(getattr(transport.getPeer(), "host", ""))
+        self.client_id = self.peer = self.factory.client_id(self.remote_host)
 
     def onConnect(self, request: ConnectionRequest) -> None:
-        self.client_id = self.factory.client_id(request.peer)
+        factory = self.factory
+        settings = factory.settings
+        forwarded = forwarded_address(request.headers) if settings.trust_proxy_headers else None
+        host = forwarded or self.remote_host
+        if forwarded is not None:
+            self.client_id = self.peer = factory.client_id(host)
+        if not factory.accepting:
+            factory.refuse("shutting_down", self.client_id)
+            raise ConnectionDeny(503, "Server shutting down")
+        if not factory.origins.allows(request.headers.get("origin"), request.headers.get("host")):
+            factory.refuse("origin", self.client_id)
+            raise ConnectionDeny(403, "Origin not allowed")
+        if forwarded is None and is_loopback(host):
+            return
+        key = address_key(host)
+        refusal = factory.addresses.admit(key, factory.clock.seconds())
+        if refusal is not None:
+            factory.refuse(refusal, self.client_id)
+            raise ConnectionDeny(429, "Too many connections from your address")
+        self.address_key = self._counted = key
 
     def onOpen(self) -> None:
+        factory = self.factory
+        settings = factory.settings
+        now = factory.clock.seconds()
+        if settings.message_rate:
+            self._messages = TokenBucket(settings.message_rate, settings.message_burst, now)
+        if settings.typing_rate:
+            self._typing = TokenBucket(settings.typing_rate, settings.typing_burst, now)
+        if settings.request_rate:
+            self._requests = TokenBucket(settings.request_rate, settings.request_burst, now)
+        if settings.max_buffer_bytes:
+            # Replace the HTTP channel (registered before the upgrade) as the
+            # transport's producer: the transport then tells us when its
+            # buffer is full, i.e. when this client stops reading.
+            transport = cast(IConsumer, self.transport)
+            transport.unregisterProducer()
+            transport.registerProducer(self, True)
         self._joined = True
-        self.factory.lobby.connect(self)
-        self.factory.connected(self)
-        self._log.info("client {client} connected", client=self.client_id)
-        self.sendMessage(messages.welcome(self.factory.lobby.online))
+        factory.lobby.connect(self)
+        factory.connected(self)
+        self._log.info("client {client} connected", client=self.client_id, event="connect")
+        self._emit(messages.welcome(factory.lobby.online))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._leave_lobby(code)
+        if self._counted is not None:
+            self.factory.addresses.release(self._counted)
+            self._counted = None
+
+    def _leave_lobby(self, code: int | None) -> None:
+        """Leave the lobby (telling any partner at once); idempotent."""
         if self._joined:
             self._joined = False
             self.factory.lobby.disconnect(self)
             self.factory.disconnected(self)
             self._log.info(
-                "client {client} disconnected (code {code})", client=self.client_id, code=code
+                "client {client} disconnected (code {code})",
+                client=self.client_id,
+                code=code,
+                event="disconnect",
             )
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -94,10 +207,51 @@ class ChatServerProtocol(WebSocketServerProtocol):
             self.factory.errors["binary_frame"] += 1
             self.close_with(CLOSE_UNSUPPORTED_DATA, "Only JSON text frames are accepted.")
             return
+        if not self._joined:
+            return  # we are closing this connection: ignore what is still in flight
         try:
-            self._dispatch(parse_client_frame(payload))
+            frame = parse_client_frame(payload)
+        except ProtocolError as e:
+            # Malformed frames cost parsing and a reply: they share the
+            # request bucket, so a garbage flood is limited like any other.
+            if self._allow(self._requests):
+                self.send_error(e.code, e.message)
+            return
+        kind = frame.__class__
+        if kind is Message:
+            bucket = self._messages
+        elif kind is Typing:
+            bucket = self._typing
+        else:
+            bucket = self._requests
+        if bucket is not None and not self._allow(bucket):
+            return
+        try:
+            self._dispatch(frame)
         except (ProtocolError, LobbyError) as e:
             self.send_error(e.code, e.message)
+
+    def _allow(self, bucket: TokenBucket | None) -> bool:
+        """
+        Take a token, or refuse: C{rate_limited}, or close 1008 for a client
+        that keeps flooding.  Logs once per connection, never per frame.
+        """
+        if bucket is None or bucket.take(self.factory.clock.seconds()):
+            return True
+        if bucket.flooding:
+            self.factory.errors["flood"] += 1
+            self._log.info(
+                "client {client} closed for flooding", client=self.client_id, event="limit"
+            )
+            self.close_with(CLOSE_POLICY_VIOLATION, "Too many requests.")
+        else:
+            if not self._warned:
+                self._warned = True
+                self._log.info(
+                    "client {client} hit a rate limit", client=self.client_id, event="limit"
+                )
+            self.send_error(RATE_LIMITED, "Too many requests: slow down a little.")
+        return False
 
     def _dispatch(self, frame: messages.ClientFrame) -> None:
         lobby = self.factory.lobby
@@ -106,33 +260,78 @@ class ChatServerProtocol(WebSocketServerProtocol):
         elif isinstance(frame, Typing):
             lobby.typing(self, frame.active)
         elif isinstance(frame, Find):
+            self._check_ban()
             lobby.find(self, frame.interests, frame.invite)
         elif isinstance(frame, Leave):
             lobby.leave(self)
-            self._log.info("client {client} left", client=self.client_id)
+            self._log.info("client {client} left", client=self.client_id, event="leave")
         elif isinstance(frame, Report):
             reported = cast(ChatServerProtocol, lobby.report(self, frame.reason))
+            # The reason is the reporter's own words about the chat: not logged.
             self._log.info(
-                "client {client} reported {reported}: {reason!r}",
+                "client {client} reported {reported}",
                 client=self.client_id,
                 reported=reported.client_id,
-                reason=frame.reason,
+                event="report",
             )
+            self.factory.count_report(self, reported)
         elif isinstance(frame, Invite):
+            self._check_ban()
             self._emit(messages.invite(lobby.create_invite(self)))
+
+    def _check_ban(self) -> None:
+        key = self.address_key
+        if key is not None and self.factory.moderation.is_banned(key, self.factory.clock.seconds()):
+            raise ProtocolError(
+                BANNED, "Your address was reported by several people and cannot chat for a while."
+            )
 
     def close_with(self, code: int, reason: str) -> None:
         """
         Start the closing handshake with a protocol-level close code (1001,
         1003, 1008...), which Autobahn's public C{sendClose} refuses to send.
+        The lobby is left at once, so a partner hears C{partner_left} now,
+        not when the closing handshake ends.
         """
-        if self.state == WebSocketProtocol.STATE_OPEN:
+        if self.state == _OPEN:
+            self._leave_lobby(code)
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+
+    def onAutoPingTimeout(self) -> None:
+        self.factory.errors["ping_timeout"] += 1
+        self._log.info(
+            "client {client} stopped answering pings", client=self.client_id, event="limit"
+        )
+        self._leave_lobby(None)
+        super().onAutoPingTimeout()
+
+    # IPushProducer: the transport pauses us when its buffer is full --------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._paused_bytes = 0
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+
+    def stopProducing(self) -> None:
+        pass
 
     # Peer interface ---------------------------------------------------------
 
     def _emit(self, frame: bytes) -> None:
-        if self.state == WebSocketProtocol.STATE_OPEN:
+        if self.state == _OPEN:
+            if self._paused:
+                # The client is not reading: count what piles up (one
+                # attribute check per frame otherwise).
+                self._paused_bytes += len(frame)
+                if self._paused_bytes > self.factory.settings.max_buffer_bytes:
+                    self.factory.errors["slow_reader"] += 1
+                    self._log.info(
+                        "client {client} closed: not reading", client=self.client_id, event="limit"
+                    )
+                    self.close_with(CLOSE_POLICY_VIOLATION, "Too slow: not reading.")
+                    return
             self.sendMessage(frame)
 
     def send_error(self, code: str, message: str) -> None:
@@ -143,7 +342,9 @@ class ChatServerProtocol(WebSocketServerProtocol):
         self._emit(messages.waiting())
 
     def send_paired(self, chat: str, interests: Sequence[str]) -> None:
-        self._log.info("client {client} paired in chat {chat}", client=self.client_id, chat=chat)
+        self._log.info(
+            "client {client} paired in chat {chat}", client=self.client_id, chat=chat, event="pair"
+        )
         self._emit(messages.paired(chat, interests))
 
     def send_message(self, text: str) -> None:
@@ -160,9 +361,10 @@ class ChatServerProtocol(WebSocketServerProtocol):
 
 
 class ChatServerFactory(WebSocketServerFactory):
-    """Owns the lobby, the open connections and the WebSocket options."""
+    """Owns the lobby, the open connections, the WebSocket options and the limits."""
 
     protocol = ChatServerProtocol  # type: ignore[assignment]
+    _log = Logger()
 
     def __init__(
         self,
@@ -170,29 +372,30 @@ class ChatServerFactory(WebSocketServerFactory):
         clock: IReactorTime,
         settings: Settings = Settings(),
         url: str | None = None,
+        moderation: Moderation | None = None,
     ) -> None:
         super().__init__(url, server="chatroulette")
         self.lobby = lobby
         self.clock = clock
         self.settings = settings
+        self.moderation = moderation if moderation is not None else Moderation()
         self._batched_timer = _ClockTimer(clock)
         self.protocols: set[ChatServerProtocol] = set()
         self.connections_total = 0
         self.errors: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        self.accepting = True
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self.addresses = AddressLimits(
+            settings.max_connections_per_ip, settings.handshake_rate, settings.handshake_burst
+        )
         self._ids = itertools.count(1)
         self._salt = secrets.token_bytes(16)
-        self.setProtocolOptions(
-            failByDrop=False,
-            maxFramePayloadSize=settings.max_frame_bytes,
-            maxMessagePayloadSize=settings.max_frame_bytes,
-            openHandshakeTimeout=settings.open_handshake_timeout,
-            closeHandshakeTimeout=settings.close_handshake_timeout,
-            autoPingInterval=settings.ping_interval,
-            autoPingTimeout=settings.ping_timeout,
-            perMessageCompressionAccept=lambda offers: None,
-        )
+        self._refusal_logged: dict[str, float] = {}
+        self._refusals_unlogged: Counter[str] = Counter()
+        self.setProtocolOptions(**websocket_options(settings))
 
-    def client_id(self, peer: str) -> str:
+    def client_id(self, host: str) -> str:
         """
         A log-safe name for a connection: a counter and, if allowed, the
         address hashed with a per-process key (stable within one run, so one
@@ -201,9 +404,42 @@ class ChatServerFactory(WebSocketServerFactory):
         n = next(self._ids)
         if not self.settings.log_addresses:
             return f"#{n}"
-        host = peer.rsplit(":", 1)[0]
         digest = hashlib.blake2b(host.encode(), key=self._salt, digest_size=5).hexdigest()
         return f"#{n}@{digest}"
+
+    def refuse(self, reason: str, client: str) -> None:
+        """
+        Count a refused handshake; log it, but at most once a second per
+        reason (a flood of refusals must not become a flood of log lines).
+        """
+        self.refused[reason] += 1
+        now = self.clock.seconds()
+        if now - self._refusal_logged.get(reason, -1.0) < 1.0:
+            self._refusals_unlogged[reason] += 1
+            return
+        self._refusal_logged[reason] = now
+        self._log.info(
+            "refused handshake from {client}: {reason} ({suppressed} more since last logged)",
+            client=client,
+            reason=reason,
+            suppressed=self._refusals_unlogged.pop(reason, 0),
+            event="refused",
+        )
+
+    def count_report(self, reporter: ChatServerProtocol, reported: ChatServerProtocol) -> None:
+        """Feed a report to moderation; ban the reported address if it is due."""
+        if reported.address_key is None:
+            return
+        until = self.moderation.report(
+            reporter.address_key or "local", reported.address_key, self.clock.seconds()
+        )
+        if until is not None:
+            self._log.info(
+                "address of client {client} banned for {seconds:.0f} s after reports",
+                client=reported.client_id,
+                seconds=self.moderation.ban_seconds,
+                event="ban",
+            )
 
     def connected(self, protocol: ChatServerProtocol) -> None:
         self.protocols.add(protocol)
@@ -211,3 +447,15 @@ class ChatServerFactory(WebSocketServerFactory):
 
     def disconnected(self, protocol: ChatServerProtocol) -> None:
         self.protocols.discard(protocol)
+
+    def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "Server restarting.") -> Deferred[Any]:
+        """
+        Stop accepting handshakes and close every open connection with
+        C{code}; the result fires when all of them are closed.
+        """
+        self.accepting = False
+        closing: list[Deferred[Any]] = []
+        for protocol in list(self.protocols):
+            closing.append(protocol.is_closed)
+            protocol.close_with(code, reason)
+        return DeferredList(closing, consumeErrors=True)

@@ -14,11 +14,26 @@ from twisted.application import service, strports
 from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
+from .limits import Origin
 from .lobby import DEFAULT_INTEREST_TIMEOUT, DEFAULT_REPEAT_COOLDOWN, Clock, Lobby
+from .messages import MAX_TEXT_CHARS
+from .moderation import (
+    BANS_FILE,
+    DEFAULT_BAN_SECONDS,
+    DEFAULT_REPORT_BAN_THRESHOLD,
+    DEFAULT_REPORT_WINDOW,
+    Moderation,
+    SQLiteBanStore,
+)
 from .protocol import ChatServerFactory, Settings
-from .web import build_site, default_static_dir
+from .service import DEFAULT_SHUTDOWN_TIMEOUT, ChatService
+from .web import DEFAULT_HTTP_IDLE_TIMEOUT, build_site, default_static_dir
 
 DEFAULT_LISTEN = "tcp:8080"
+_DEFAULTS = Settings()
+# The longest legal message, every character sent as a JSON \uXXXX
+# surrogate pair, inside {"type":"message","text":"..."}.
+_MIN_FRAME_BYTES = MAX_TEXT_CHARS * 12 + 64
 
 
 def _seconds(name: str) -> Any:
@@ -32,6 +47,46 @@ def _seconds(name: str) -> Any:
         return seconds
 
     coerce.coerceDoc = "Seconds."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _count(name: str, minimum: int = 0) -> Any:
+    def coerce(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"--{name} must be a whole number, not {value!r}") from None
+        if not minimum <= n < 2**40:
+            raise ValueError(f"--{name} must be at least {minimum}, not {value!r}")
+        return n
+
+    coerce.coerceDoc = f"A whole number >= {minimum}."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _rate(name: str) -> Any:
+    def coerce(value: str) -> float:
+        try:
+            rate = float(value)
+        except ValueError:
+            raise ValueError(f"--{name} must be a number per second, not {value!r}") from None
+        if not 0 <= rate < 10**9:
+            raise ValueError(f"--{name} must be 0 (no limit) or a positive number, not {value!r}")
+        return rate
+
+    coerce.coerceDoc = "Per second; 0 means no limit."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _yes_no(name: str) -> Any:
+    def coerce(value: str) -> bool:
+        if value.lower() in ("yes", "true", "on", "1"):
+            return True
+        if value.lower() in ("no", "false", "off", "0"):
+            return False
+        raise ValueError(f"--{name} must be yes or no, not {value!r}")
+
+    coerce.coerceDoc = "yes or no."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -64,11 +119,194 @@ class Options(usage.Options):
             "Seconds before two strangers whose chat ended can be paired again.",
             _seconds("repeat-cooldown"),
         ],
+        [
+            "max-frame-bytes",
+            None,
+            _DEFAULTS.max_frame_bytes,
+            "Largest WebSocket frame or message accepted; bigger ones close the connection "
+            f"with 1009 (at least {_MIN_FRAME_BYTES}, room for the longest message however "
+            "it is escaped).",
+            _count("max-frame-bytes", _MIN_FRAME_BYTES),
+        ],
+        [
+            "message-rate",
+            None,
+            _DEFAULTS.message_rate,
+            "Chat messages per second per connection (token bucket; 0: no limit).",
+            _rate("message-rate"),
+        ],
+        [
+            "message-burst",
+            None,
+            _DEFAULTS.message_burst,
+            "Chat messages a connection may send at once before --message-rate applies.",
+            _count("message-burst", 1),
+        ],
+        [
+            "typing-rate",
+            None,
+            _DEFAULTS.typing_rate,
+            "Typing signals per second per connection (0: no limit).",
+            _rate("typing-rate"),
+        ],
+        [
+            "typing-burst",
+            None,
+            _DEFAULTS.typing_burst,
+            "Typing signals a connection may send at once.",
+            _count("typing-burst", 1),
+        ],
+        [
+            "request-rate",
+            None,
+            _DEFAULTS.request_rate,
+            "find, invite, report, leave and malformed frames per second per connection "
+            "(0: no limit).",
+            _rate("request-rate"),
+        ],
+        [
+            "request-burst",
+            None,
+            _DEFAULTS.request_burst,
+            "Such requests a connection may send at once.",
+            _count("request-burst", 1),
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            _DEFAULTS.max_connections_per_ip,
+            "Concurrent WebSocket connections per client address (IPv6: per /64); "
+            "more are refused with HTTP 429. Loopback is exempt. 0: no limit.",
+            _count("max-connections-per-ip"),
+        ],
+        [
+            "max-handshake-rate",
+            None,
+            _DEFAULTS.handshake_rate,
+            "WebSocket handshakes per second per client address; more are refused "
+            "with HTTP 429 (0: no limit).",
+            _rate("max-handshake-rate"),
+        ],
+        [
+            "handshake-burst",
+            None,
+            _DEFAULTS.handshake_burst,
+            "Handshakes a client address may make at once before --max-handshake-rate applies.",
+            _count("handshake-burst", 1),
+        ],
+        [
+            "handshake-timeout",
+            None,
+            _DEFAULTS.open_handshake_timeout,
+            "Seconds a client has to send a complete HTTP request and to complete the "
+            "WebSocket opening handshake; slower ones are cut off.",
+            _seconds("handshake-timeout"),
+        ],
+        [
+            "http-idle-timeout",
+            None,
+            DEFAULT_HTTP_IDLE_TIMEOUT,
+            "Seconds an idle kept-alive HTTP connection stays open.",
+            _seconds("http-idle-timeout"),
+        ],
+        [
+            "close-timeout",
+            None,
+            _DEFAULTS.close_handshake_timeout,
+            "Seconds to wait for a client to answer a close frame before dropping it.",
+            _seconds("close-timeout"),
+        ],
+        [
+            "ping-interval",
+            None,
+            _DEFAULTS.ping_interval,
+            "Seconds between WebSocket pings to each client (0: no pings).",
+            _seconds("ping-interval"),
+        ],
+        [
+            "ping-timeout",
+            None,
+            _DEFAULTS.ping_timeout,
+            "Seconds a client has to answer a ping before it is dropped as dead.",
+            _seconds("ping-timeout"),
+        ],
+        [
+            "max-buffer-bytes",
+            None,
+            _DEFAULTS.max_buffer_bytes,
+            "Bytes that may pile up for a client that does not read (beyond the "
+            "kernel's and the transport's buffers) before it is closed with 1008 (0: no limit).",
+            _count("max-buffer-bytes"),
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            DEFAULT_SHUTDOWN_TIMEOUT,
+            "Seconds to wait at shutdown for clients to acknowledge the 1001 close.",
+            _seconds("shutdown-timeout"),
+        ],
+        [
+            "log-addresses",
+            None,
+            "yes",
+            "yes: log client addresses hashed with a per-process key; no: log no address at all.",
+            _yes_no("log-addresses"),
+        ],
+        [
+            "report-ban-threshold",
+            None,
+            DEFAULT_REPORT_BAN_THRESHOLD,
+            "Ban an address from chatting once this many distinct addresses reported it "
+            "within --report-window (0: never ban).",
+            _count("report-ban-threshold"),
+        ],
+        [
+            "report-window",
+            None,
+            DEFAULT_REPORT_WINDOW,
+            "Seconds within which reports count towards a ban.",
+            _seconds("report-window"),
+        ],
+        [
+            "ban-seconds",
+            None,
+            DEFAULT_BAN_SECONDS,
+            "How long a ban lasts, in seconds.",
+            _seconds("ban-seconds"),
+        ],
+        [
+            "state-dir",
+            None,
+            ".",
+            f"Directory for the bans file ({BANS_FILE}), created on the first ban.",
+        ],
+    ]
+
+    optFlags = [
+        [
+            "trust-proxy-headers",
+            None,
+            "Take the client address from the nearest Forwarded / X-Forwarded-For entry "
+            "(only behind a reverse proxy that sets it, and only if clients cannot "
+            "reach this server directly).",
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["allowed-origin"] = []
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """
+        Also accept WebSocket connections from pages of this origin (repeatable), e.g. https://chat.example.com (default port optional). Pages from the host the client connects to, and clients sending no Origin (not browsers), are always accepted.
+        """
+        if origin.strip() != "null":
+            try:
+                Origin.parse(origin)
+            except ValueError as e:
+                raise usage.UsageError(f"--allowed-origin: {e}")
+        self["allowed-origin"].append(origin)
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -98,6 +336,39 @@ class Options(usage.Options):
                 self["static"] = default_static_dir()
             except FileNotFoundError as e:
                 raise usage.UsageError(str(e))
+        if isinstance(self["log-addresses"], str):
+            self["log-addresses"] = _yes_no("log-addresses")(self["log-addresses"])
+        if not self["handshake-timeout"]:
+            raise usage.UsageError("--handshake-timeout must be positive")
+        if self["ping-interval"] and not self["ping-timeout"]:
+            raise usage.UsageError("--ping-timeout must be positive when pings are sent")
+        state = Path(self["state-dir"])
+        if state.exists() and not state.is_dir():
+            raise usage.UsageError(f"--state-dir {self['state-dir']!r} is not a directory")
+        self["state-dir"] = state
+
+    def settings(self) -> Settings:
+        """The connection-level settings these options describe."""
+        return Settings(
+            max_frame_bytes=self["max-frame-bytes"],
+            open_handshake_timeout=self["handshake-timeout"],
+            close_handshake_timeout=self["close-timeout"],
+            ping_interval=self["ping-interval"],
+            ping_timeout=self["ping-timeout"],
+            log_addresses=self["log-addresses"],
+            message_rate=self["message-rate"],
+            message_burst=self["message-burst"],
+            typing_rate=self["typing-rate"],
+            typing_burst=self["typing-burst"],
+            request_rate=self["request-rate"],
+            request_burst=self["request-burst"],
+            max_buffer_bytes=self["max-buffer-bytes"],
+            allowed_origins=tuple(self["allowed-origin"]),
+            max_connections_per_ip=self["max-connections-per-ip"],
+            handshake_rate=self["max-handshake-rate"],
+            handshake_burst=self["handshake-burst"],
+            trust_proxy_headers=bool(self["trust-proxy-headers"]),
+        )
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -112,8 +383,16 @@ def makeService(options: Options) -> service.MultiService:
         interest_timeout=options["interest-timeout"],
         repeat_cooldown=options["repeat-cooldown"],
     )
-    factory = ChatServerFactory(lobby, clock, Settings())
-    site = build_site(factory, options["static"])
+    store = SQLiteBanStore(options["state-dir"] / BANS_FILE, reactor)  # type: ignore[arg-type]
+    moderation = Moderation(
+        options["report-ban-threshold"],
+        options["report-window"],
+        options["ban-seconds"],
+        store,
+    )
+    factory = ChatServerFactory(lobby, clock, options.settings(), moderation=moderation)
+    site = build_site(factory, options["static"], idle_timeout=options["http-idle-timeout"])
     for description in options["listen"]:
         strports.service(description, site, reactor).setServiceParent(top)
+    ChatService(factory, clock, store, options["shutdown-timeout"]).setServiceParent(top)
     return top

@@ -7,19 +7,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 
 from .messages import ERROR_CODES
+from .moderation import BANNED
 from .protocol import ChatServerFactory
+
+MAX_REQUEST_HEADER_BYTES = 16 * 1024
+"""Request line plus headers; more is answered 400 and the connection closed."""
+MAX_REQUEST_BODY_BYTES = 64 * 1024
+"""Nothing here takes a request body; bigger ones are answered 413."""
+DEFAULT_HTTP_IDLE_TIMEOUT = 30.0
 
 # No inline script or style, no third-party origin: the client is plain files
 # from this server, talking WebSocket to this server.
@@ -117,9 +127,17 @@ class ChatCollector(Collector):
         errors = CounterMetricFamily(
             "chatroulette_errors", "Requests refused or connections failed, by code.", labels=["code"]
         )
-        for code in sorted(set(ERROR_CODES) | set(factory.errors)):
+        for code in sorted(set(ERROR_CODES) | {BANNED} | set(factory.errors)):
             errors.add_metric([code], factory.errors[code])
         yield errors
+        refused = CounterMetricFamily(
+            "chatroulette_refused",
+            "Connections refused or cut off before the WebSocket opened, by reason.",
+            labels=["reason"],
+        )
+        for reason in sorted(set(REFUSAL_REASONS) | set(factory.refused)):
+            refused.add_metric([reason], factory.refused[reason])
+        yield refused
 
 
 class Metrics(Resource):
@@ -148,8 +166,113 @@ def build_root(factory: ChatServerFactory, static_dir: Path | None = None) -> Re
     return root
 
 
-def build_site(factory: ChatServerFactory, static_dir: Path | None = None) -> Site:
+REFUSAL_REASONS = (
+    "origin",
+    "connections",
+    "handshake_rate",
+    "shutting_down",
+    "request_timeout",
+    "request_too_large",
+)
+
+
+class GuardedChannel(HTTPChannel):
+    """
+    An C{HTTPChannel} that gives each request a deadline to arrive in full
+    (request line, headers and body), however slowly its bytes trickle in,
+    and refuses request bodies this server has no use for.
+
+    Twisted's own idle timeout restarts on every byte, so a client sending
+    one byte a second (slowloris) would hold a connection forever.  After a
+    WebSocket upgrade the channel is out of the picture (Autobahn's protocol
+    takes the transport), and Autobahn's opening-handshake timeout applies.
+    """
+
+    site: GuardedSite
+    totalHeadersSize = MAX_REQUEST_HEADER_BYTES
+    _deadline: IDelayedCall | None = None
+    _body_bytes = 0
+    _refused = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._start_deadline()
+
+    def _start_deadline(self) -> None:
+        self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.site.chat.refused["request_timeout"] += 1
+        cast(ITCPTransport, self.transport).abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._deadline is None and not self._handlingRequest:
+            # The first byte of the next request on a kept-alive connection.
+            self._start_deadline()
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        self._body_bytes = 0
+        if self.length is not None and self.length > MAX_REQUEST_BODY_BYTES:
+            self._refuse_body()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._handlingRequest:
+            self._body_bytes += len(data)
+            if self._body_bytes > MAX_REQUEST_BODY_BYTES + 1024:  # room for chunk framing
+                self._refuse_body()
+                return
+        super().rawDataReceived(data)
+
+    def _refuse_body(self) -> None:
+        self._refused = True
+        self._cancel_deadline()
+        self.site.chat.refused["request_too_large"] += 1
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.transport.loseConnection()
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+
+class GuardedSite(Site):
+    """A C{Site} whose connections are L{GuardedChannel}s, timed on the chat factory's clock."""
+
+    def __init__(self, root: Resource, chat: ChatServerFactory, **kwargs: Any) -> None:
+        super().__init__(root, reactor=chat.clock, **kwargs)
+        self.chat = chat
+        self.request_timeout = chat.settings.open_handshake_timeout
+
+    def protocol(self) -> _GenericHTTPChannelProtocol:
+        return _GenericHTTPChannelProtocol(GuardedChannel())
+
+
+def build_site(
+    factory: ChatServerFactory,
+    static_dir: Path | None = None,
+    idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT,
+) -> Site:
     """The C{Site} serving everything on one port."""
-    site = Site(build_root(factory, static_dir))
+    site = GuardedSite(build_root(factory, static_dir), factory, timeout=idle_timeout)
     site.displayTracebacks = False
     return site

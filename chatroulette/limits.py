@@ -1,0 +1,269 @@
+"""
+Abuse limits, without I/O: token buckets, client addresses, per-address
+accounting and the Origin policy.
+
+Everything here is plain Python and takes the time as an argument, so it is
+tested without a reactor; C{protocol.py} wires it to connections.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+from urllib.parse import urlsplit
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+class TokenBucket:
+    """
+    A token bucket that also counts refusals ("strikes").
+
+    C{rate} tokens per second refill it up to C{burst}; each accepted request
+    takes one.  A refused request adds a strike; strikes leak away at the same
+    rate, so a client that is only a little too fast is refused now and then,
+    while one that keeps flooding piles up strikes: L{flooding} tells the
+    caller to close it.  O(1) and allocation-free apart from floats.
+    """
+
+    __slots__ = ("rate", "burst", "tokens", "strikes", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.strikes = 0.0
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        """Take one token if there is one; otherwise count a strike and refuse."""
+        elapsed = now - self.stamp
+        self.stamp = now
+        if elapsed > 0:
+            refill = elapsed * self.rate
+            tokens = self.tokens + refill
+            self.tokens = tokens if tokens < self.burst else self.burst
+            if self.strikes:
+                strikes = self.strikes - refill
+                self.strikes = strikes if strikes > 0 else 0.0
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.strikes += 1
+        return False
+
+    @property
+    def flooding(self) -> bool:
+        """
+        Refused at least twice the burst without pausing: three times the
+        burst sent within the time the bucket takes to refill.
+        """
+        return self.strikes >= 2 * self.burst
+
+    def full_at(self, now: float) -> bool:
+        """Would the bucket be full (and forgotten without loss) at C{now}?"""
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst
+
+
+def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in C{host} (an IP, maybe in brackets or with a zone), or None."""
+    host = host.strip().strip("[]").split("%", 1)[0]
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def address_key(host: str) -> str:
+    """
+    The unit of per-address accounting for a client address: the IPv4 address,
+    or the /64 network of an IPv6 address (one subscriber usually gets a whole
+    /64, so counting single IPv6 addresses would count nothing).  IPv4-mapped
+    IPv6 addresses count as their IPv4 address; anything that is not an IP
+    (a Unix socket path, say) is its own key.
+    """
+    ip = parse_ip(host)
+    if ip is None:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        network = ipaddress.IPv6Network((int(ip) >> 64 << 64, 64))
+        return str(network)
+    return str(ip)
+
+
+def is_loopback(host: str) -> bool:
+    """Is C{host} a loopback address (127.0.0.0/8, ::1, or IPv4-mapped loopback)?"""
+    ip = parse_ip(host)
+    if ip is None:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _forwarded_for(value: str) -> str | None:
+    """The C{for=} address of the last element of a C{Forwarded} header (RFC 7239)."""
+    last = value.split(",")[-1]
+    for pair in last.split(";"):
+        name, _, param = pair.partition("=")
+        if name.strip().lower() == "for":
+            node = param.strip().strip('"')
+            if node.startswith("["):
+                return node[1:].split("]", 1)[0]
+            if node.count(":") == 1:  # IPv4 with a port
+                return node.split(":", 1)[0]
+            return node
+    return None
+
+
+def forwarded_address(headers: Mapping[str, str]) -> str | None:
+    """
+    The client address a reverse proxy put in front of us reports: the
+    nearest (last) entry of C{Forwarded}, else of C{X-Forwarded-For}, if it is
+    an IP address.  C{headers} has lower-case names (as Autobahn gives them);
+    repeated headers are joined with commas, so "last" is the nearest proxy's.
+    """
+    candidate: str | None = None
+    forwarded = headers.get("forwarded")
+    if forwarded:
+        candidate = _forwarded_for(forwarded)
+    if candidate is None:
+        xff = headers.get("x-forwarded-for")
+        if xff:
+            candidate = xff.split(",")[-1].strip()
+    if candidate is None or parse_ip(candidate) is None:
+        return None
+    return str(parse_ip(candidate))
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A web origin: scheme, host (lower case) and port (defaults filled in)."""
+
+    scheme: str
+    host: str
+    port: int | None
+
+    @classmethod
+    def parse(cls, url: str) -> Origin:
+        """
+        Parse C{scheme://host[:port]}; the default port of http(s)/ws(s) may
+        be given or not.
+
+        @raise ValueError: if C{url} is not an origin.
+        """
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        if not scheme or not parts.hostname:
+            raise ValueError(f"{url!r} is not an origin like https://example.com")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"{url!r} is not an origin: only scheme, host and port")
+        port = parts.port  # raises ValueError for a bad port
+        if port is None:
+            port = _DEFAULT_PORTS.get(scheme)
+        return cls(scheme, parts.hostname.lower(), port)
+
+
+def _host_and_port(host_header: str, default_port: int | None) -> tuple[str, int | None] | None:
+    try:
+        parts = urlsplit("//" + host_header.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return host.lower(), port if port is not None else default_port
+
+
+class OriginPolicy:
+    """
+    Which browser pages may open a WebSocket (cross-site WebSocket hijacking
+    protection).
+
+    Allowed: requests without an C{Origin} header (not a browser), pages from
+    the host the request was sent to (the C{Host} header, same host and port;
+    the scheme is not compared, so TLS terminated by a proxy in front still
+    counts as same-origin), and the extra origins given.  The literal origin
+    C{null} (sandboxed frames, local files) is refused unless listed.
+    """
+
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
+        self._allowed = frozenset(Origin.parse(url) for url in allowed)
+        self._allow_null = any(url.strip() == "null" for url in allowed)
+
+    def allows(self, origin: str | None, host_header: str | None) -> bool:
+        if origin is None:
+            return True
+        if origin.strip() == "null":
+            return self._allow_null
+        try:
+            parsed = Origin.parse(origin)
+        except ValueError:
+            return False
+        if parsed in self._allowed:
+            return True
+        if host_header:
+            target = _host_and_port(host_header, _DEFAULT_PORTS.get(parsed.scheme))
+            if target is not None and target == (parsed.host, parsed.port):
+                return True
+        return False
+
+
+class AddressLimits:
+    """
+    Per-address accounting for handshakes: concurrent connections and a
+    handshake rate, each disabled by a limit of 0.
+
+    Buckets of addresses that went quiet are forgotten (amortised, when the
+    table has doubled), so memory follows the number of recently active
+    addresses, not every address ever seen.
+    """
+
+    def __init__(self, max_connections: int, handshake_rate: float, handshake_burst: float) -> None:
+        self.max_connections = max_connections
+        self.handshake_rate = handshake_rate
+        self.handshake_burst = handshake_burst
+        self.connections: dict[str, int] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._prune_at = 1024
+
+    def admit(self, key: str, now: float) -> str | None:
+        """
+        Count a new connection from C{key}, or say why it is refused
+        (C{"connections"} or C{"handshake_rate"}) without counting it.
+        """
+        if self.max_connections and self.connections.get(key, 0) >= self.max_connections:
+            return "connections"
+        if self.handshake_rate:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                if len(self._buckets) >= self._prune_at:
+                    self._prune(now)
+                bucket = self._buckets[key] = TokenBucket(
+                    self.handshake_rate, self.handshake_burst, now
+                )
+            if not bucket.take(now):
+                return "handshake_rate"
+        self.connections[key] = self.connections.get(key, 0) + 1
+        return None
+
+    def release(self, key: str) -> None:
+        """A connection counted by L{admit} is gone."""
+        count = self.connections.get(key, 0) - 1
+        if count > 0:
+            self.connections[key] = count
+        else:
+            self.connections.pop(key, None)
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, b in self._buckets.items() if b.full_at(now)]:
+            del self._buckets[key]
+        self._prune_at = max(1024, 2 * len(self._buckets))
+
+    @property
+    def tracked(self) -> int:
+        """How many addresses have a handshake bucket (for tests and metrics)."""
+        return len(self._buckets)

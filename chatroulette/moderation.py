@@ -1,0 +1,173 @@
+"""
+Reports and bans by client address.
+
+L{Moderation} counts reports per reported address and bans an address that
+enough distinct addresses reported within a window; it is sans-I/O (time is
+passed in).  L{SQLiteBanStore} keeps bans across restarts in a small SQLite
+file, writing on one worker thread so the reactor never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+BANNED: Final = "banned"
+"""The error code answering C{find} and C{invite} from a banned address."""
+
+DEFAULT_REPORT_BAN_THRESHOLD: Final = 3
+DEFAULT_REPORT_WINDOW: Final = 3600.0
+DEFAULT_BAN_SECONDS: Final = 3600.0
+BANS_FILE: Final = "chatroulette-bans.sqlite3"
+
+
+class BanStore(Protocol):
+    """Where bans outlive the process."""
+
+    def load(self, now: float) -> dict[str, float]:
+        """The bans still in force at C{now}: address key -> end (epoch seconds)."""
+
+    def save(self, key: str, until: float, now: float) -> Deferred[None]:
+        """Record a ban (and forget the expired ones) without blocking."""
+
+
+class Moderation:
+    """
+    Reports counted per reported address; C{threshold} distinct reporting
+    addresses within C{window} seconds ban the address for C{ban_seconds}.
+    A threshold of 0 disables bans (reports still end chats and keep the two
+    connections apart, see the lobby).
+    """
+
+    def __init__(
+        self,
+        threshold: int = DEFAULT_REPORT_BAN_THRESHOLD,
+        window: float = DEFAULT_REPORT_WINDOW,
+        ban_seconds: float = DEFAULT_BAN_SECONDS,
+        store: BanStore | None = None,
+    ) -> None:
+        self.threshold = threshold
+        self.window = window
+        self.ban_seconds = ban_seconds
+        self.store = store
+        self.bans: dict[str, float] = {}
+        self._reports: dict[str, dict[str, float]] = {}
+        self._prune_at = 1024
+        self.pending: set[Deferred[None]] = set()
+
+    def load(self, now: float) -> None:
+        """Read the bans still in force from the store (at startup)."""
+        if self.store is not None:
+            self.bans.update(self.store.load(now))
+
+    def is_banned(self, key: str, now: float) -> bool:
+        until = self.bans.get(key)
+        if until is None:
+            return False
+        if until <= now:
+            del self.bans[key]
+            return False
+        return True
+
+    def report(self, reporter: str, reported: str, now: float) -> float | None:
+        """
+        Count a report of address C{reported} by address C{reporter}.
+
+        @return: the end of the ban this report caused, or None.
+        """
+        if not self.threshold or reporter == reported:
+            return None
+        if len(self._reports) >= self._prune_at:
+            self._prune(now)
+        reporters = self._reports.setdefault(reported, {})
+        reporters[reporter] = now
+        horizon = now - self.window
+        for key in [k for k, t in reporters.items() if t < horizon]:
+            del reporters[key]
+        if len(reporters) < self.threshold:
+            return None
+        del self._reports[reported]
+        until = now + self.ban_seconds
+        self.bans[reported] = until
+        if self.store is not None:
+            d = self.store.save(reported, until, now)
+            self.pending.add(d)
+
+            def saved(result: object) -> object:
+                self.pending.discard(d)
+                return result
+
+            d.addBoth(saved)
+        return until
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.window
+        for key in [k for k, r in self._reports.items() if max(r.values()) < horizon]:
+            del self._reports[key]
+        for key in [k for k, until in self.bans.items() if until <= now]:
+            del self.bans[key]
+        self._prune_at = max(1024, 2 * len(self._reports))
+
+
+class SQLiteBanStore:
+    """
+    Bans in an SQLite file, created on the first ban (a server that never
+    bans anyone leaves no file behind).  Writes run on a dedicated
+    single-thread pool (one connection, one writer, in order); call L{start}
+    before saving and L{stop} at shutdown.
+    """
+
+    def __init__(self, path: Path, reactor: IReactorFromThreads) -> None:
+        self.path = path
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="chatroulette-bans")
+        self._connection: sqlite3.Connection | None = None
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def stop(self) -> None:
+        """Finish queued writes, then stop the worker thread."""
+        self._pool.stop()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def load(self, now: float) -> dict[str, float]:
+        if not self.path.exists():
+            return {}
+        connection = sqlite3.connect(self.path)
+        try:
+            rows = connection.execute("SELECT address, until FROM bans WHERE until > ?", (now,))
+            return {address: until for address, until in rows}
+        except sqlite3.OperationalError:
+            return {}
+        finally:
+            connection.close()
+
+    def save(self, key: str, until: float, now: float) -> Deferred[None]:
+        d: Deferred[None] = deferToThreadPool(
+            self._reactor, self._pool, self._save, key, until, now
+        )
+        return d
+
+    def _save(self, key: str, until: float, now: float) -> None:
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(self.path, check_same_thread=False)
+            self._connection.execute(
+                "CREATE TABLE IF NOT EXISTS bans (address TEXT PRIMARY KEY, until REAL NOT NULL)"
+            )
+        with self._connection:
+            self._connection.execute("DELETE FROM bans WHERE until <= ?", (now,))
+            self._connection.execute(
+                "INSERT INTO bans (address, until) VALUES (?, ?) "
+                "ON CONFLICT (address) DO UPDATE SET until = excluded.until",
+                (key, until),
+            )
