@@ -14,9 +14,10 @@ L{chatroulette.loadstats.Report}; the command line prints it (or C{--json})
 and exits non-zero when a message was lost, duplicated, reordered or
 misrouted, or when errors exceed C{--max-errors}.
 
-By default each connection stays under 4 frames a second (burst 5), below the
-server's default limit of 5 a second (burst 10).  C{--max-rate} or
-C{--no-rate-limit} lift that for servers configured with looser limits.
+By default each connection stays 20% under the server's default rate limits:
+at most 4 chat messages and 1.6 requests (C{find}) a second, 5 in a burst.
+C{--max-rate}, C{--max-request-rate} or C{--no-rate-limit} lift that for
+servers configured with looser limits.
 """
 
 from __future__ import annotations
@@ -47,9 +48,15 @@ from .loadstats import (
     summarize,
 )
 
+# The server's default limits per connection are 5 messages a second (burst
+# 10) and 2 requests (find, leave...) a second (burst 10): stay 20% under.
 DEFAULT_MAX_RATE = 4.0
+DEFAULT_MAX_REQUEST_RATE = 1.6
 DEFAULT_BURST = 5.0
+MESSAGE = "message"
+REQUEST = "request"
 NOT_CHATTING = "not_chatting"
+RATE_LIMITED = "rate_limited"
 
 # The server encodes relayed messages compactly, in this key order; frames
 # that do not start like this take the general JSON path.
@@ -65,8 +72,11 @@ class ClientConfig:
     size: int = 64
     """Characters per chat message (probes are padded up to this)."""
     max_rate: float | None = DEFAULT_MAX_RATE
-    """Frames a second per connection; L{None} for no client-side limit."""
+    """Chat messages a second per connection; L{None} for no client-side limit."""
+    max_request_rate: float | None = DEFAULT_MAX_REQUEST_RATE
+    """Requests (C{find}) a second per connection; L{None} for no client-side limit."""
     burst: float = DEFAULT_BURST
+    """How many of each kind may go out back to back."""
     insecure: bool = False
     """For C{wss://}: accept any certificate (self-signed test servers)."""
     ca_cert: str | None = None
@@ -99,8 +109,9 @@ class LoadClient(WebSocketClientProtocol):
         self.ever_paired = False
         self.leaving = False
         self.moving_on = False
-        self.bucket: TokenBucket | None = None
-        self._queue: deque[Callable[[], None]] = deque()
+        self.last_sent = ""
+        self.buckets: dict[str, TokenBucket] = {}
+        self._queue: deque[tuple[str, Callable[[], None]]] = deque()
         self._timer: IDelayedCall | None = None
         self.opened: defer.Deferred[LoadClient] = defer.Deferred()
         self.closed: defer.Deferred[None] = defer.Deferred()
@@ -111,8 +122,11 @@ class LoadClient(WebSocketClientProtocol):
         run = self.factory.run
         self.run = run
         self.name = run.next_name()
-        if run.config.max_rate is not None:
-            self.bucket = TokenBucket(run.config.max_rate, run.config.burst, now())
+        config = run.config
+        if config.max_rate is not None:
+            self.buckets[MESSAGE] = TokenBucket(config.max_rate, config.burst, now())
+        if config.max_request_rate is not None:
+            self.buckets[REQUEST] = TokenBucket(config.max_request_rate, config.burst, now())
         self.opened.callback(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -155,27 +169,32 @@ class LoadClient(WebSocketClientProtocol):
     def ws_open(self) -> bool:
         return bool(self.state == WebSocketProtocol.STATE_OPEN)
 
-    def paced(self, action: Callable[[], None]) -> None:
-        """Do C{action} now, or as soon as the client-side rate limit allows (in order)."""
-        if self._queue or (self.bucket is not None and not self.bucket.take(now())):
-            self._queue.append(action)
+    def paced(self, kind: str, action: Callable[[], None]) -> None:
+        """
+        Do C{action} now, or as soon as the client-side limit for its C{kind}
+        (C{"message"} or C{"request"}) allows; actions keep their order.
+        """
+        bucket = self.buckets.get(kind)
+        if self._queue or (bucket is not None and not bucket.take(now())):
+            self._queue.append((kind, action))
             self._schedule()
             return
         action()
 
     def _schedule(self) -> None:
-        if self._timer is not None and self._timer.active():
+        if (self._timer is not None and self._timer.active()) or not self._queue:
             return
-        bucket = self.bucket
-        assert bucket is not None
+        bucket = self.buckets[self._queue[0][0]]
         self._timer = self.factory.run.reactor.callLater(bucket.delay(now()), self._drain_queue)
 
     def _drain_queue(self) -> None:
         self._timer = None
-        bucket = self.bucket
-        assert bucket is not None
-        while self._queue and self.ws_open and bucket.take(now()):
-            self._queue.popleft()()
+        while self._queue and self.ws_open:
+            kind, action = self._queue[0]
+            if not self.buckets[kind].take(now()):
+                break
+            self._queue.popleft()
+            action()
         if self._queue and self.ws_open:
             self._schedule()
 
@@ -186,6 +205,7 @@ class LoadClient(WebSocketClientProtocol):
     def send_find(self) -> None:
         if self.ws_open and not self.leaving:
             self.finding = True
+            self.last_sent = REQUEST
             self.chatting = False
             self.find_at = now()
             self.sendMessage(b'{"type":"find"}')
@@ -199,6 +219,7 @@ class LoadClient(WebSocketClientProtocol):
         self.seq += 1
         text = encode_probe(self.name, self.seq, stamp, run.config.size)
         run.ledger.send(self.name, self.seq, self.chat, stamp)
+        self.last_sent = MESSAGE
         self.sendMessage(_MESSAGE_PREFIX + text.encode("ascii") + b'"}')
         return True
 
@@ -285,7 +306,7 @@ class _Run:
                 self.pair_waits.append(now() - client.find_at)
         client.ever_paired = True
         if self.churn and not self.stopping:
-            client.paced(client.probe_if_paired)
+            client.paced(MESSAGE, client.probe_if_paired)
 
     def on_message(self, client: LoadClient, text: str) -> None:
         self.ledger.receive(client.name, client.chat, text, now())
@@ -294,7 +315,7 @@ class _Run:
         if self.churn:
             if not client.moving_on:
                 client.moving_on = True
-                client.paced(client.send_find)
+                client.paced(REQUEST, client.send_find)
         elif self.reply:
             client.send_probe()
 
@@ -303,12 +324,19 @@ class _Run:
         client.chatting = False
         if self.churn and was_chatting and not self.stopping and not client.moving_on:
             client.moving_on = True
-            client.paced(client.send_find)
+            client.paced(REQUEST, client.send_find)
 
     def on_error(self, client: LoadClient, code: str) -> None:
         self.errors[code] += 1
         if code == NOT_CHATTING:
             self.ledger.refuse()
+        elif code == RATE_LIMITED:
+            # Refused, not lost (most likely the last frame sent; errors carry
+            # no reference to their frame).  A refused find is retried.
+            if client.last_sent == MESSAGE:
+                self.ledger.refuse()
+            elif self.churn and not self.stopping and not client.chatting:
+                client.paced(REQUEST, client.send_find)
 
     def client_closed(self, client: LoadClient) -> None:
         client.chatting = False
@@ -355,7 +383,7 @@ class _Run:
             return
         self.clients.append(client)
         if self.churn:
-            client.paced(client.send_find)
+            client.paced(REQUEST, client.send_find)
 
     async def open_all(self, n: int) -> None:
         """Open C{n} connections, C{concurrency} at a time."""
@@ -377,7 +405,7 @@ class _Run:
     async def pair_all(self) -> None:
         """Every open client sends C{find}; wait until all of them are paired."""
         for client in self.clients:
-            client.paced(client.send_find)
+            client.paced(REQUEST, client.send_find)
         await self.until(
             lambda: all(c.chatting or not c.ws_open for c in self.clients), self.config.pair_timeout
         )
@@ -584,10 +612,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-rate",
         type=float,
         default=DEFAULT_MAX_RATE,
-        help=f"frames a second per connection the tool allows itself (default {DEFAULT_MAX_RATE}, "
+        help=f"chat messages a second per connection the tool allows itself (default {DEFAULT_MAX_RATE}, "
         "under the server's default limit of 5)",
     )
-    common.add_argument("--burst", type=float, default=DEFAULT_BURST, help=f"burst for --max-rate (default {DEFAULT_BURST:g})")
+    common.add_argument(
+        "--max-request-rate",
+        type=float,
+        default=DEFAULT_MAX_REQUEST_RATE,
+        help=f"find requests a second per connection (default {DEFAULT_MAX_REQUEST_RATE}, "
+        "under the server's default limit of 2)",
+    )
+    common.add_argument("--burst", type=float, default=DEFAULT_BURST, help=f"burst for both limits (default {DEFAULT_BURST:g})")
     common.add_argument(
         "--no-rate-limit", action="store_true", help="no client-side pacing (for servers with looser limits)"
     )
@@ -629,6 +664,7 @@ def config_from_args(args: argparse.Namespace, progress: Callable[[Progress], No
     return ClientConfig(
         size=args.size,
         max_rate=None if args.no_rate_limit else args.max_rate,
+        max_request_rate=None if args.no_rate_limit else args.max_request_rate,
         burst=args.burst,
         insecure=args.insecure,
         ca_cert=args.ca_cert,
