@@ -1,0 +1,497 @@
+// chatroulette browser client: the screens, the chat state and the wire
+// protocol (docs/protocol.md). Server events are JSON objects dispatched on
+// their "type" to the handlers in `events` below.
+
+import { Connection, socketUrl } from "./connection.js";
+import { InterestsField } from "./interests.js";
+import { ChatLog } from "./log.js";
+import { TitleNotifier } from "./title.js";
+import { TypingSender } from "./typing.js";
+
+export const MAX_TEXT_CHARS = 2000;
+const SHOW_COUNT_FROM = 1800; // the character counter appears near the limit
+const NOTICE_MS = 6000;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  online: $("online"),
+  banner: $("banner"),
+  bannerText: $("banner-text"),
+  reconnectNow: $("reconnect-now"),
+  home: $("home"),
+  startForm: $("start-form"),
+  interestInput: $("interest-input"),
+  inviteHome: $("invite-home"),
+  chat: $("chat"),
+  invitePanel: $("invite-panel"),
+  inviteLink: $("invite-link"),
+  copyLink: $("copy-link"),
+  afterChat: $("after-chat"),
+  changeInterests: $("change-interests"),
+  inviteChat: $("invite-chat"),
+  typing: $("typing-text"),
+  notice: $("notice"),
+  composer: $("composer"),
+  leave: $("leave"),
+  message: $("message"),
+  send: $("send"),
+  count: $("count"),
+  report: $("report"),
+  reportDialog: $("report-dialog"),
+  reportForm: $("report-form"),
+  reportReason: $("report-reason"),
+  reportCancel: $("report-cancel"),
+};
+
+// What the user is doing (the connection's state is kept apart, below):
+//   home      the start screen
+//   waiting   looking for a random stranger
+//   inviting  waiting for a friend to open an invite link
+//   joining   opening a friend's invite link
+//   chatting  in a chat
+//   ended     a chat or a search is over; the leave button says New
+let state = "home";
+let chatId = null;
+let armed = false; // the leave button says "Really?"
+let reportable = false; // someone to report on this connection, not reported yet
+let pending = null; // { frame, status } to send once the socket opens
+let lastRequest = null; // type of the last request that the server may refuse
+let lastOwn = null; // { line, text, at } for the last message you sent
+let inviteCode = null;
+let connectedOnce = false;
+let lost = false;
+let noticeTimer = null;
+
+const log = new ChatLog($("log"), $("jump"));
+const title = new TitleNotifier(document, $("favicon"));
+const interests = new InterestsField(ui.interestInput, $("tag-list"), notify);
+const typing = new TypingSender((active) => connection.send({ type: "typing", active }));
+const connection = new Connection(socketUrl(), {
+  onEvent: (event) => events[event.type]?.(event),
+  onOpen,
+  onLost,
+});
+
+// Helpers -------------------------------------------------------------------
+
+/** Characters as the server counts them (code points: an emoji is one). */
+function charCount(text) {
+  return [...text].length;
+}
+
+/** A short message under the log, in plain words; it goes away by itself. */
+function notify(text) {
+  clearTimeout(noticeTimer);
+  ui.notice.textContent = text;
+  noticeTimer = setTimeout(() => {
+    ui.notice.textContent = "";
+  }, NOTICE_MS);
+}
+
+function showTyping(active) {
+  ui.typing.hidden = !active;
+}
+
+function setOnline(count) {
+  if (count === null) ui.online.textContent = "Offline";
+  else if (Number.isInteger(count)) ui.online.textContent = `${count.toLocaleString()} online`;
+}
+
+/** Bring every control in line with `state`. */
+function render() {
+  const chatting = state === "chatting";
+  ui.home.hidden = state !== "home";
+  ui.chat.hidden = state === "home";
+  ui.afterChat.hidden = state !== "ended";
+  ui.invitePanel.hidden = !(state === "inviting" && inviteCode);
+  ui.message.disabled = !chatting;
+  ui.leave.textContent = state === "ended" ? "New" : armed ? "Really?" : "Stop";
+  ui.leave.classList.toggle("armed", armed);
+  ui.report.disabled = !reportable;
+  if (!chatting) showTyping(false);
+  updateCount();
+}
+
+function setState(next) {
+  state = next;
+  if (next !== "chatting") armed = false;
+  render();
+}
+
+/** Send a request now, or as soon as the socket opens. */
+function request(frame, status) {
+  lastRequest = frame.type;
+  if (connection.send(frame)) {
+    pending = null;
+    if (status) log.status(status);
+  } else {
+    pending = { frame, status };
+    log.status("Connecting to server...");
+    connection.connect();
+  }
+}
+
+/** Fresh chat screen for a new search or invite. */
+function beginChatScreen() {
+  log.clear();
+  typing.reset();
+  showTyping(false);
+  chatId = null;
+  inviteCode = null;
+}
+
+// User actions ----------------------------------------------------------------
+
+function startSearch() {
+  const chosen = interests.values();
+  beginChatScreen();
+  setState("waiting");
+  const frame = { type: "find" };
+  if (chosen.length) frame.interests = chosen;
+  request(frame, "Looking for someone you can chat with...");
+}
+
+function createInvite() {
+  beginChatScreen();
+  setState("inviting");
+  request({ type: "invite" }, "Creating an invite link...");
+}
+
+function joinInvite(code) {
+  beginChatScreen();
+  setState("joining");
+  request({ type: "find", invite: code }, "Joining your friend's chat...");
+}
+
+function endChat(text, alert = false) {
+  typing.reset();
+  showTyping(false);
+  chatId = null;
+  setState("ended");
+  log.status(text, { alert });
+}
+
+/** The Stop -> Really? -> New button, also driven by Esc. */
+function leaveAction() {
+  switch (state) {
+    case "chatting":
+      if (!armed) {
+        armed = true;
+        render();
+        return;
+      }
+      connection.send({ type: "leave" });
+      endChat("You have disconnected.");
+      return;
+    case "waiting":
+    case "inviting":
+    case "joining": {
+      const what = state === "waiting" ? "You stopped looking." : "You cancelled the invite.";
+      pending = null;
+      connection.send({ type: "leave" });
+      setState("ended");
+      log.status(what);
+      return;
+    }
+    case "ended":
+      startSearch(); // New: the next search starts at once
+      return;
+    default:
+  }
+}
+
+function sendDraft() {
+  if (state !== "chatting") return;
+  const text = ui.message.value;
+  if (!text.trim()) return; // Nothing to say: empty and whitespace-only are not sent.
+  if (charCount(text) > MAX_TEXT_CHARS) {
+    notify(`That message is too long: ${MAX_TEXT_CHARS} characters at most.`);
+    return;
+  }
+  typing.stop();
+  if (!connection.send({ type: "message", text })) return;
+  lastRequest = "message";
+  lastOwn = { line: log.message(text, true), text, at: Date.now() };
+  ui.message.value = "";
+  armed = false; // Still talking: "Really?" goes back to "Stop".
+  render();
+  ui.message.focus();
+}
+
+function updateCount() {
+  const n = charCount(ui.message.value);
+  const over = n > MAX_TEXT_CHARS;
+  ui.count.textContent =
+    n >= SHOW_COUNT_FROM ? `${n} / ${MAX_TEXT_CHARS}${over ? " - too long to send" : ""}` : "";
+  ui.count.classList.toggle("over", over);
+  ui.message.setAttribute("aria-invalid", over ? "true" : "false");
+  ui.send.disabled = state !== "chatting" || over;
+}
+
+// Server events ----------------------------------------------------------------
+
+const ERROR_TEXT = {
+  rate_limited: "You're going a bit fast. Wait a moment and try again.",
+  text_too_long: `That message is too long: ${MAX_TEXT_CHARS} characters at most.`,
+  not_chatting: "You're not in a chat right now.",
+  invite_invalid: "That invite link is invalid, already used, or expired.",
+  bad_request: "The server did not accept that.",
+};
+
+const events = {
+  welcome({ online }) {
+    setOnline(online);
+  },
+
+  online({ count }) {
+    setOnline(count);
+  },
+
+  waiting() {
+    // Already showing "Looking for someone..." since the request went out.
+  },
+
+  paired({ chat, interests: shared }) {
+    if (!["waiting", "inviting", "joining"].includes(state)) return; // We already left.
+    const friend = state !== "waiting";
+    chatId = chat;
+    reportable = true;
+    inviteCode = null;
+    setState("chatting");
+    log.status(
+      friend
+        ? "You're now chatting with your friend. Say hi!"
+        : "You're now chatting with a random stranger. Say hi!",
+    );
+    if (Array.isArray(shared) && shared.length) log.status(`You both like ${shared.join(", ")}.`);
+    title.partnerFound();
+    ui.message.focus();
+  },
+
+  message({ text }) {
+    if (state !== "chatting" || typeof text !== "string") return;
+    showTyping(false);
+    log.message(text, false);
+    title.message();
+  },
+
+  typing({ active }) {
+    if (state === "chatting") showTyping(active === true);
+  },
+
+  partner_left({ chat }) {
+    if (state === "chatting" && chat === chatId) endChat("Stranger has disconnected.", true);
+  },
+
+  invite({ code }) {
+    if (state !== "inviting" || typeof code !== "string") return;
+    inviteCode = code;
+    const link = new URL(window.location.href);
+    link.hash = `invite=${encodeURIComponent(code)}`;
+    ui.inviteLink.value = link.href;
+    render();
+    log.status("Waiting for your friend to open the link...");
+    ui.inviteLink.focus();
+    ui.inviteLink.select();
+  },
+
+  invite_expired({ code }) {
+    if (state === "inviting" && code === inviteCode) {
+      inviteCode = null;
+      setState("ended");
+      log.status("Your invite link expired before anyone opened it.", { alert: true });
+    }
+  },
+
+  error({ code, message }) {
+    const text = ERROR_TEXT[code] || (typeof message === "string" && message) || "Something went wrong.";
+    notify(text);
+    if (lastRequest === "message" && lastOwn && Date.now() - lastOwn.at < 10000) {
+      // A refused message was not delivered: say so on it, and give the text back.
+      log.markFailed(lastOwn.line, code === "text_too_long" ? "too long" : "try again");
+      if (state === "chatting" && !ui.message.value) {
+        ui.message.value = lastOwn.text;
+        updateCount();
+      }
+      lastOwn = null;
+    } else if (["waiting", "inviting", "joining"].includes(state) && lastRequest !== "report") {
+      // The find or invite was refused: nothing is going on.
+      setState("ended");
+      log.status(text, { alert: true });
+    }
+    lastRequest = null;
+  },
+};
+
+// Connection ---------------------------------------------------------------------
+
+function onOpen() {
+  connectedOnce = true;
+  if (lost) {
+    lost = false;
+    ui.banner.hidden = true;
+    if (state !== "home" && !pending) log.status("Reconnected. Press New to talk to someone.");
+  }
+  if (pending) {
+    const { frame, status } = pending;
+    pending = null;
+    request(frame, status);
+  }
+}
+
+function onLost({ code, delay }) {
+  const seconds = Math.max(1, Math.round(delay / 1000));
+  const why = !connectedOnce
+    ? "Can't reach the chat server."
+    : code === 1001
+      ? "The chat server is restarting."
+      : "Connection lost.";
+  const wasLost = lost;
+  lost = true;
+  reportable = false; // A new connection is a new identity to the server.
+  setOnline(null);
+  ui.bannerText.textContent = `${why} Reconnecting in ${seconds} s...`;
+  ui.banner.hidden = false;
+  if (state === "chatting") {
+    endChat("Connection lost: your chat with the stranger has ended.", true);
+  } else if (["waiting", "inviting", "joining"].includes(state) && !pending) {
+    const what =
+      state === "inviting" ? "Connection lost: your invite link no longer works." : "Connection lost: you stopped looking.";
+    setState("ended");
+    log.status(what, { alert: true });
+  } else if (!wasLost) {
+    render();
+  }
+}
+
+// Wiring -----------------------------------------------------------------------
+
+ui.startForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  startSearch();
+});
+ui.inviteHome.addEventListener("click", createInvite);
+ui.inviteChat.addEventListener("click", createInvite);
+ui.changeInterests.addEventListener("click", () => {
+  setState("home");
+  ui.interestInput.focus();
+});
+ui.leave.addEventListener("click", leaveAction);
+ui.reconnectNow.addEventListener("click", () => connection.connect());
+window.addEventListener("online", () => connection.connect());
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  sendDraft();
+});
+ui.message.addEventListener("keydown", (event) => {
+  // Enter sends; Shift+Enter is a newline; never in the middle of IME composition.
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    sendDraft();
+  }
+});
+ui.message.addEventListener("input", () => {
+  updateCount();
+  if (state === "chatting") typing.changed(ui.message.value.trim() !== "");
+});
+
+ui.copyLink.addEventListener("click", async () => {
+  ui.inviteLink.select();
+  try {
+    await navigator.clipboard.writeText(ui.inviteLink.value);
+    notify("Link copied. Send it to your friend.");
+  } catch {
+    notify("Copy the selected link and send it to your friend.");
+  }
+});
+
+ui.report.addEventListener("click", () => {
+  if (!reportable) return;
+  ui.reportReason.value = "";
+  ui.reportDialog.showModal();
+  ui.reportReason.focus();
+});
+ui.reportCancel.addEventListener("click", () => ui.reportDialog.close());
+ui.reportForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  ui.reportDialog.close();
+  if (!reportable) return;
+  const reason = ui.reportReason.value.trim();
+  const frame = { type: "report" };
+  if (reason) frame.reason = reason;
+  if (!connection.send(frame)) return;
+  lastRequest = "report";
+  reportable = false;
+  if (state === "chatting") {
+    endChat("You reported the stranger and left the chat. You won't be paired with them again.");
+  } else {
+    log.status("You reported the stranger. You won't be paired with them again.");
+    render();
+  }
+});
+
+function isTextField(element) {
+  return (
+    element instanceof HTMLInputElement ||
+    element instanceof HTMLTextAreaElement ||
+    (element instanceof HTMLElement && element.isContentEditable)
+  );
+}
+
+document.addEventListener("keydown", (event) => {
+  if (event.isComposing || ui.reportDialog.open) return;
+  if (event.key === "Escape") {
+    if (state === "home") return;
+    event.preventDefault();
+    leaveAction();
+    return;
+  }
+  // Typing anywhere goes into the message box.
+  const printable = event.key.length === 1 && !event.ctrlKey && !event.metaKey && !event.altKey;
+  const onButton = event.target instanceof HTMLButtonElement && event.key === " ";
+  if (state === "chatting" && printable && !onButton && !isTextField(event.target)) {
+    ui.message.focus();
+  }
+});
+
+// Where the browser does not shrink the layout for the on-screen keyboard
+// (iOS Safari), size the page to the visible part so the composer stays above it.
+if (window.visualViewport) {
+  const viewport = window.visualViewport;
+  const fit = () => {
+    if (Math.abs(viewport.scale - 1) < 0.01) {
+      document.documentElement.style.setProperty("--app-height", `${Math.round(viewport.height)}px`);
+    }
+  };
+  viewport.addEventListener("resize", fit);
+  fit();
+}
+
+/** An invite code in the address (#invite=CODE), removed so a reload does not reuse it. */
+function takeInviteFromAddress() {
+  const match = /^#invite=([^&]+)$/.exec(window.location.hash);
+  if (!match) return null;
+  history.replaceState(null, "", window.location.pathname + window.location.search);
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return null;
+  }
+}
+
+function joinFromAddress() {
+  const code = takeInviteFromAddress();
+  if (code === null) return;
+  if (state === "chatting") {
+    // Do not drop a conversation because a link was opened in this tab.
+    notify("Leave this chat first, then open the invite link again.");
+    return;
+  }
+  joinInvite(code);
+}
+window.addEventListener("hashchange", joinFromAddress);
+
+render();
+connection.connect();
+joinFromAddress();

@@ -1,0 +1,138 @@
+"""
+Helpers for the browser tests: the service as a subprocess of this checkout,
+and Debian's Chromium driven by Playwright (never Playwright's own download).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Sequence
+
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Error, Page, Playwright
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    """An ephemeral loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """
+    C{python -m twisted chatroulette} from the checkout, on one loopback port;
+    it can be stopped and started again on the same port.
+    """
+
+    def __init__(self, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.extra_args = list(extra_args)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._output: IO[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start the server and wait until C{/healthz} answers."""
+        assert self._process is None, "already running"
+        self._output = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "twisted",
+                "chatroulette",
+                "--listen",
+                f"tcp:{self.port}:interface=127.0.0.1",
+                *self.extra_args,
+            ],
+            cwd=CHECKOUT,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the server exited early:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server did not come up:\n{self.output()}")
+            time.sleep(0.05)  # polling interval while waiting for the port to answer
+
+    def stop(self) -> None:
+        """Stop the server gracefully (SIGTERM), killing it if it hangs."""
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+    def output(self) -> str:
+        """What the server logged so far."""
+        if self._output is None:
+            return ""
+        self._output.seek(0)
+        return self._output.read().decode(errors="replace")
+
+
+def launch_chromium(playwright: Playwright) -> Browser:
+    """Debian's Chromium, headless."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+class PageProblems:
+    """Console errors, CSP violations, uncaught exceptions and dialogs on a page."""
+
+    def __init__(self, page: Page) -> None:
+        self.console_errors: list[str] = []
+        self.page_errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", self._page_error)
+        page.on("dialog", self._dialog)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+    def _page_error(self, error: Error) -> None:
+        self.page_errors.append(str(error))
+
+    def _dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()

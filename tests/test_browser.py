@@ -1,0 +1,386 @@
+"""
+The browser client in real headless Chromium, against the service running as
+a subprocess of this checkout. Pages are driven only as a person would: by
+roles, labels and visible text.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+
+from .browser_support import PageProblems, ServerProcess, launch_chromium
+
+PAIRED = "You're now chatting with a random stranger. Say hi!"
+LOOKING = "Looking for someone you can chat with..."
+
+
+class Person:
+    """Someone using the client in one browser page."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.problems = PageProblems(page)
+
+    @property
+    def log(self) -> Locator:
+        return self.page.get_by_role("log")
+
+    @property
+    def message_box(self) -> Locator:
+        return self.page.get_by_role("textbox", name="Message")
+
+    def button(self, label: str) -> Locator:
+        return self.page.get_by_role("button", name=label, exact=True)
+
+    def visit(self, url: str) -> dict[str, str]:
+        """Open C{url}; the response headers of the page."""
+        response = self.page.goto(url)
+        assert response is not None
+        return response.all_headers()
+
+    def start(self, *interests: str) -> None:
+        """Type interests (if any) and press Start."""
+        field = self.page.get_by_role("textbox", name="Interests")
+        for interest in interests:
+            field.fill(interest)
+            field.press("Enter")
+        self.button("Start").click()
+
+    def say(self, text: str) -> None:
+        """Type a message and press Enter."""
+        self.message_box.fill(text)
+        self.message_box.press("Enter")
+
+
+OpenPerson = Callable[..., Person]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    running = ServerProcess()
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_person(browser: Browser, server: ServerProcess) -> Iterator[OpenPerson]:
+    """Open a new person (own browser context); visits the server unless told otherwise."""
+    contexts: list[BrowserContext] = []
+
+    def open_one(
+        url: str | None = None, *, visit: bool = True, **context_options: Any
+    ) -> Person:
+        context = browser.new_context(**context_options)
+        contexts.append(context)
+        person = Person(context.new_page())
+        if visit:
+            person.visit(url or server.url)
+        return person
+
+    yield open_one
+    for context in contexts:
+        context.close()
+
+
+def unique_interest() -> str:
+    """An interest nobody else in the suite has, so exactly the intended pages pair."""
+    return f"topic {uuid.uuid4().hex[:10]}"
+
+
+def pair(alice: Person, bob: Person) -> str:
+    """Have both press Start with one shared interest and wait until they chat."""
+    interest = unique_interest()
+    alice.start(interest)
+    expect(alice.log).to_contain_text(LOOKING)
+    bob.start(interest)
+    for person in (alice, bob):
+        expect(person.log).to_contain_text(PAIRED)
+        expect(person.message_box).to_be_enabled()
+    return interest
+
+
+def test_two_strangers_chat_both_ways(open_person: OpenPerson, server: ServerProcess) -> None:
+    """Two strangers with a shared interest are paired and chat both ways, with no page errors."""
+    alice = open_person(visit=False)
+    headers = alice.visit(server.url)
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+    bob = open_person()
+    expect(alice.page.get_by_text(re.compile(r"^\d+ online$"))).to_be_visible()
+    expect(alice.message_box).to_be_hidden()
+
+    interest = pair(alice, bob)
+    expect(alice.log).to_contain_text(f"You both like {interest}.")
+
+    alice.say("Hello from Alice")
+    expect(bob.log).to_contain_text("Stranger: Hello from Alice")
+    expect(alice.log).to_contain_text("You: Hello from Alice")
+    expect(alice.message_box).to_have_value("")
+
+    # Shift+Enter is a newline; the Send button sends.
+    bob.message_box.press_sequentially("line one")
+    bob.message_box.press("Shift+Enter")
+    bob.message_box.press_sequentially("line two")
+    bob.button("Send").click()
+    received = alice.log.get_by_text("Stranger: line one")
+    expect(received).to_have_text("Stranger: line one\nline two", use_inner_text=True)
+
+    # Whitespace-only is not sent: the next real message is the only new line.
+    alice.say("   ")
+    alice.message_box.fill("")
+    alice.say("second")
+    expect(bob.log).to_contain_text("Stranger: second")
+    expect(bob.log.get_by_text("Stranger:")).to_have_count(2)
+
+    # Own and stranger's messages look different.
+    own = alice.log.get_by_text("You: Hello from Alice")
+    theirs = alice.log.get_by_text("Stranger: line one")
+    style = "e => getComputedStyle(e).backgroundColor + getComputedStyle(e).borderLeftColor"
+    assert own.evaluate(style) != theirs.evaluate(style)
+
+    # Typing anywhere goes to the composer.
+    bob.log.click()
+    bob.page.keyboard.type("typed anywhere")
+    expect(bob.message_box).to_have_value("typed anywhere")
+    bob.message_box.press("Enter")
+    expect(alice.log).to_contain_text("Stranger: typed anywhere")
+
+    for person in (alice, bob):
+        assert person.problems.console_errors == []
+        assert person.problems.page_errors == []
+
+
+def test_hostile_text_is_shown_literally(open_person: OpenPerson) -> None:
+    """Markup from a stranger is displayed as text and runs nothing."""
+    alice, bob = open_person(), open_person()
+    pair(alice, bob)
+    hostile = '<img src=x onerror=alert(1)><script>alert(2)</script><a href="javascript:alert(3)">x</a>'
+    alice.say(hostile)
+    expect(bob.log).to_contain_text("Stranger: " + hostile)
+    expect(bob.log.get_by_role("img")).to_have_count(0)
+    expect(bob.log.get_by_role("link")).to_have_count(0)
+    alice.say("https://example.com/ is not a link")
+    expect(bob.log).to_contain_text("https://example.com/ is not a link")
+    expect(bob.log.get_by_role("link")).to_have_count(0)
+    for person in (alice, bob):
+        assert person.problems.dialogs == []
+        assert person.problems.page_errors == []
+        assert person.problems.console_errors == []
+
+
+def test_typing_indicator_appears_and_clears(open_person: OpenPerson, server: ServerProcess) -> None:
+    """'Stranger is typing...' shows on typing and clears after 4 s idle, on send, and at chat end."""
+    alice = open_person(visit=False)
+    alice.page.clock.install()
+    alice.visit(server.url)
+    bob = open_person()
+    pair(alice, bob)
+    indicator = bob.page.get_by_text("Stranger is typing...")
+    expect(indicator).to_be_hidden()
+
+    alice.message_box.press_sequentially("hel")
+    expect(indicator).to_be_visible()
+    alice.page.clock.fast_forward(3000)
+    expect(indicator).to_be_visible()
+    alice.page.clock.fast_forward(1100)
+    expect(indicator).to_be_hidden()
+
+    alice.message_box.press_sequentially("lo")
+    expect(indicator).to_be_visible()
+    alice.message_box.press("Enter")
+    expect(bob.log).to_contain_text("Stranger: hello")
+    expect(indicator).to_be_hidden()
+
+    alice.message_box.press_sequentially("bye")
+    expect(indicator).to_be_visible()
+    alice.page.keyboard.press("Escape")
+    alice.page.keyboard.press("Escape")
+    expect(bob.log).to_contain_text("Stranger has disconnected.")
+    expect(indicator).to_be_hidden()
+
+
+def test_stop_really_new_and_escape(open_person: OpenPerson) -> None:
+    """Stop asks 'Really?', a message disarms it, Esc drives it, and New searches at once."""
+    alice, bob = open_person(), open_person()
+    pair(alice, bob)
+
+    alice.button("Stop").click()
+    expect(alice.button("Really?")).to_be_visible()
+    alice.say("still here")
+    expect(alice.button("Stop")).to_be_visible()
+    expect(bob.log).to_contain_text("Stranger: still here")
+
+    alice.message_box.press("Escape")
+    expect(alice.button("Really?")).to_be_visible()
+    alice.page.keyboard.press("Escape")
+    expect(alice.log).to_contain_text("You have disconnected.")
+    expect(bob.log).to_contain_text("Stranger has disconnected.")
+    for person in (alice, bob):
+        expect(person.message_box).to_be_disabled()
+        expect(person.button("Send")).to_be_disabled()
+        expect(person.button("New")).to_be_visible()
+
+    alice.page.keyboard.press("Escape")
+    expect(alice.log).to_contain_text(LOOKING)
+    expect(alice.log).not_to_contain_text("You have disconnected.")
+    expect(alice.button("Stop")).to_be_visible()
+    bob.button("New").click()
+    expect(bob.log).to_contain_text(LOOKING)
+    expect(alice.message_box).to_be_disabled()
+
+
+def test_invite_link_pairs_two_pages(open_person: OpenPerson, server: ServerProcess) -> None:
+    """An invite link opened in another browser starts a private chat with the inviter."""
+    alice = open_person()
+    alice.button("Invite a friend").click()
+    link_box = alice.page.get_by_role("textbox", name="Invite link")
+    expect(link_box).to_have_value(re.compile(re.escape(server.url) + "#invite=.+"))
+    expect(alice.button("Copy link")).to_be_visible()
+    link = link_box.input_value()
+
+    bob = open_person(link)
+    for person in (alice, bob):
+        expect(person.log).to_contain_text("You're now chatting with your friend. Say hi!")
+    bob.say("it's me")
+    expect(alice.log).to_contain_text("Stranger: it's me")
+    assert "#invite" not in bob.page.url
+
+    # A used link is refused, in plain words.
+    carol = open_person(link)
+    expect(carol.log).to_contain_text("That invite link is invalid, already used, or expired.")
+    expect(carol.button("New")).to_be_visible()
+
+
+def test_report_ends_the_chat(open_person: OpenPerson) -> None:
+    """Report (with a reason) ends the chat for both."""
+    alice, bob = open_person(), open_person()
+    pair(alice, bob)
+    alice.button("Report").click()
+    dialog = alice.page.get_by_role("dialog", name="Report this stranger")
+    dialog.get_by_label("Reason").fill("rude")
+    dialog.get_by_role("button", name="Send report").click()
+    expect(dialog).to_be_hidden()
+    expect(alice.log).to_contain_text("You reported the stranger and left the chat.")
+    expect(bob.log).to_contain_text("Stranger has disconnected.")
+    expect(alice.button("Report")).to_be_disabled()
+
+
+def test_message_limit_is_shown_before_sending(open_person: OpenPerson) -> None:
+    """Over 2000 characters the counter says so and the message cannot be sent."""
+    alice, bob = open_person(), open_person()
+    pair(alice, bob)
+    alice.message_box.fill("\U0001f600" * 2000)  # emoji count as one character, as on the server
+    expect(alice.page.get_by_text("2000 / 2000")).to_be_visible()
+    expect(alice.button("Send")).to_be_enabled()
+    alice.message_box.press("End")
+    alice.message_box.press_sequentially("!")
+    expect(alice.page.get_by_text("2001 / 2000 - too long to send")).to_be_visible()
+    expect(alice.button("Send")).to_be_disabled()
+    alice.message_box.press("Enter")
+    expect(alice.page.get_by_role("status").filter(has_text="too long")).to_be_visible()
+    alice.message_box.press("Backspace")
+    alice.message_box.press("Enter")
+    expect(bob.log).to_contain_text("Stranger: \U0001f600\U0001f600")
+    expect(alice.message_box).to_have_value("")
+
+
+def test_interests_are_remembered(open_person: OpenPerson) -> None:
+    """Interests become tags, are normalised, survive a reload and can be removed."""
+    alice = open_person()
+    field = alice.page.get_by_role("textbox", name="Interests")
+    field.fill("  Board   Games ")
+    field.press("Enter")
+    field.fill("chess, go,")
+    interests = alice.page.get_by_role("list", name="Your interests")
+    expect(interests.get_by_role("listitem")).to_have_text(
+        ["board games\u00d7", "chess\u00d7", "go\u00d7"]
+    )
+    alice.page.reload()
+    expect(interests.get_by_role("listitem")).to_have_count(3)
+    alice.button("Remove chess").click()
+    expect(interests.get_by_role("listitem")).to_have_count(2)
+    alice.page.reload()
+    expect(interests).to_contain_text("board games")
+    expect(interests).not_to_contain_text("chess")
+
+
+def test_small_phone_layout(open_person: OpenPerson) -> None:
+    """At 320 px wide and a short viewport (keyboard open) the composer is visible and usable."""
+    phone = open_person(
+        viewport={"width": 320, "height": 568},
+        is_mobile=True,
+        has_touch=True,
+        color_scheme="dark",
+        reduced_motion="reduce",
+    )
+    expect(phone.button("Start")).to_be_in_viewport()
+    desktop = open_person()
+    pair(phone, desktop)
+    phone.page.set_viewport_size({"width": 320, "height": 300})  # the on-screen keyboard opens
+    for control in (phone.message_box, phone.button("Send"), phone.button("Stop")):
+        expect(control).to_be_in_viewport()
+    phone.message_box.tap()
+    phone.say("from a phone")
+    expect(desktop.log).to_contain_text("Stranger: from a phone")
+    desktop.say("w" * 400)  # one long word must wrap, not widen the page
+    expect(phone.log).to_contain_text("w" * 400)
+    expect(phone.message_box).to_be_in_viewport()
+    width = phone.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 320
+    # Dark colour scheme and reduced motion are honoured.
+    background = phone.page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(20, 22, 26)"
+    transition = phone.button("Send").evaluate("e => getComputedStyle(e).transitionDuration")
+    assert transition == "0s"
+
+
+def test_reconnects_after_server_restart(open_person: OpenPerson) -> None:
+    """When the server restarts, both see a banner and the ended chat, then reconnect by themselves."""
+    restarting = ServerProcess()
+    restarting.start()
+    try:
+        alice, bob = open_person(restarting.url), open_person(restarting.url)
+        pair(alice, bob)
+        restarting.stop()
+        # The server closes one connection first, so its partner may be told
+        # "Stranger has disconnected." before losing its own connection.
+        chat_over = re.compile(
+            r"Connection lost: your chat with the stranger has ended\.|Stranger has disconnected\."
+        )
+        for person in (alice, bob):
+            expect(person.page.get_by_role("alert")).to_contain_text("Reconnecting in")
+            expect(person.log).to_contain_text(chat_over)
+            expect(person.message_box).to_be_disabled()
+            expect(person.page.get_by_text("Offline")).to_be_visible()
+        assert any(
+            "Connection lost: your chat with the stranger has ended." in person.log.inner_text()
+            for person in (alice, bob)
+        )
+        restarting.start()
+        for person in (alice, bob):
+            expect(person.log).to_contain_text("Reconnected.", timeout=15000)
+            expect(person.page.get_by_role("alert")).to_be_hidden()
+        pair_again = unique_interest()
+        for person in (alice, bob):
+            person.button("Change interests").click()
+            person.start(pair_again)
+        for person in (alice, bob):
+            expect(person.log).to_contain_text(PAIRED)
+        alice.say("back again")
+        expect(bob.log).to_contain_text("Stranger: back again")
+    finally:
+        restarting.stop()
