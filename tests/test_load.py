@@ -14,9 +14,10 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, cast
 
 from twisted.internet import defer, reactor, task, utils
+from twisted.internet.base import DelayedCall
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
@@ -29,7 +30,6 @@ from .loopback import RunningService
 SCALE = max(1, int(os.environ.get("CHATROULETTE_LOAD_SCALE", "1")))
 ROOT = Path(__file__).resolve().parent.parent
 
-T = TypeVar("T")
 
 
 def deferred_test(
@@ -50,13 +50,13 @@ class LoadTests(TestCase):
 
     timeout = 60 * SCALE
 
-    def setUp(self) -> defer.Deferred[None]:
+    def setUp(self) -> defer.Deferred[None]:  # type: ignore[override]
         async def start() -> None:
             self.service = await RunningService.start()
 
         return defer.ensureDeferred(start())
 
-    def tearDown(self) -> defer.Deferred[None]:
+    def tearDown(self) -> defer.Deferred[None]:  # type: ignore[override]
         return defer.ensureDeferred(self.stop())
 
     async def stop(self) -> None:
@@ -65,7 +65,7 @@ class LoadTests(TestCase):
         # for clients that have gone (they would run out harmlessly after
         # 30 s); trial's clean-reactor check would count them against us.
         for call in reactor.getDelayedCalls():
-            if isinstance(getattr(call.func, "__self__", None), Lobby):
+            if isinstance(getattr(cast(DelayedCall, call).func, "__self__", None), Lobby):
                 call.cancel()
 
     async def health(self) -> dict[str, Any]:
