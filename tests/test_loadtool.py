@@ -1,0 +1,266 @@
+"""
+The load tool's pure parts: probe texts, the delivery ledger, percentiles,
+the report and its verdict, client-side pacing and the command line.  No
+reactor, no network.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatroulette.load import DEFAULT_MAX_RATE, build_parser, config_from_args
+from chatroulette.loadstats import (
+    Ledger,
+    Progress,
+    Report,
+    Summary,
+    TokenBucket,
+    count_errors,
+    decode_probe,
+    encode_probe,
+    format_report,
+    percentile,
+    summarize,
+)
+
+
+class ProbeTests(SynchronousTestCase):
+    """Tracked message texts."""
+
+    def test_round_trip(self) -> None:
+        """A probe decodes to its sender, sequence number and send time."""
+        text = encode_probe("c17", 42, 1234.5678, size=64)
+        self.assertEqual(len(text), 64)
+        self.assertTrue(text.startswith("c17:42:1234.567800:"))
+        probe = decode_probe(text)
+        assert probe is not None
+        self.assertEqual((probe.sender, probe.seq), ("c17", 42))
+        self.assertAlmostEqual(probe.sent_at, 1234.5678)
+
+    def test_never_truncated(self) -> None:
+        """A size smaller than the header leaves the header whole."""
+        text = encode_probe("c1", 1, 1.0, size=3)
+        self.assertEqual(text, "c1:1:1.000000:")
+        self.assertIsNotNone(decode_probe(text))
+
+    def test_foreign_text(self) -> None:
+        """Texts the tool did not write are not mistaken for probes."""
+        for text in ["hello", "a:b:c:", "c1:x:1.0:", "c1:1:1.0:hello", ":1:1.0:", "c1:1:now:xx"]:
+            self.assertIsNone(decode_probe(text), text)
+
+    @given(st.from_regex(r"c[0-9]{1,6}", fullmatch=True), st.integers(0, 10**9), st.floats(0, 1e7))
+    def test_any_probe_decodes(self, sender: str, seq: int, sent_at: float) -> None:
+        """Every probe the tool can write decodes to what was put in."""
+        probe = decode_probe(encode_probe(sender, seq, sent_at, size=80))
+        assert probe is not None
+        self.assertEqual((probe.sender, probe.seq), (sender, seq))
+        self.assertAlmostEqual(probe.sent_at, sent_at, places=5)
+
+
+class PercentileTests(SynchronousTestCase):
+    """Nearest-rank percentiles and summaries."""
+
+    def test_nearest_rank(self) -> None:
+        """The smallest value with at least q% of the values at or below it."""
+        values = [float(v) for v in range(1, 101)]
+        self.assertEqual(percentile(values, 50), 50.0)
+        self.assertEqual(percentile(values, 99), 99.0)
+        self.assertEqual(percentile(values, 100), 100.0)
+        self.assertEqual(percentile(values, 0.5), 1.0)
+        self.assertEqual(percentile([1.0, 2.0, 3.0, 4.0], 50), 2.0)
+        self.assertEqual(percentile([7.0], 99), 7.0)
+
+    def test_invalid(self) -> None:
+        """No values, or a percentile outside (0, 100], is an error."""
+        self.assertRaises(ValueError, percentile, [], 50)
+        self.assertRaises(ValueError, percentile, [1.0], 0)
+        self.assertRaises(ValueError, percentile, [1.0], 101)
+
+    @given(st.lists(st.floats(-1e6, 1e6), min_size=1), st.floats(0.01, 100), st.floats(0.01, 100))
+    def test_monotonic_member(self, values: list[float], q1: float, q2: float) -> None:
+        """A percentile is one of the values and never decreases with q."""
+        ordered = sorted(values)
+        low, high = sorted((q1, q2))
+        self.assertIn(percentile(ordered, low), ordered)
+        self.assertLessEqual(percentile(ordered, low), percentile(ordered, high))
+
+    def test_summarize(self) -> None:
+        """Summaries scale seconds to milliseconds and are empty for no samples."""
+        summary = summarize([0.003, 0.001, 0.002, 0.010], scale=1000)
+        self.assertEqual(summary, Summary(count=4, p50=2.0, p95=10.0, p99=10.0, max=10.0))
+        self.assertEqual(summarize([]), Summary())
+
+
+class LedgerTests(SynchronousTestCase):
+    """Delivery accounting: loss, refusal, duplication, reordering, misrouting."""
+
+    def send(self, ledger: Ledger, sender: str, seq: int, chat: str = "k", at: float = 1.0) -> str:
+        ledger.send(sender, seq, chat, at)
+        return encode_probe(sender, seq, at, 32)
+
+    def test_delivered_with_latency(self) -> None:
+        """A delivered probe settles and yields its latency."""
+        ledger = Ledger()
+        text = self.send(ledger, "c1", 1, at=10.0)
+        self.assertEqual(ledger.unsettled, 1)
+        ledger.receive("c2", "k", text, 10.25)
+        self.assertEqual((ledger.delivered, ledger.unsettled), (1, 0))
+        self.assertEqual(ledger.latencies, [0.25])
+
+    def test_lost(self) -> None:
+        """A probe neither delivered nor refused stays unsettled: lost at the end."""
+        ledger = Ledger()
+        self.send(ledger, "c1", 1)
+        ledger.receive("c2", "k", self.send(ledger, "c1", 2), 2.0)
+        self.assertEqual(ledger.unsettled, 1)
+
+    def test_refused(self) -> None:
+        """A probe the server refused (partner already gone) is not lost."""
+        ledger = Ledger()
+        self.send(ledger, "c1", 1)
+        ledger.refuse()
+        self.assertEqual((ledger.refused, ledger.unsettled), (1, 0))
+
+    def test_duplicate(self) -> None:
+        """The same probe arriving twice counts one delivery and one duplicate."""
+        ledger = Ledger()
+        text = self.send(ledger, "c1", 1)
+        ledger.receive("c2", "k", text, 2.0)
+        ledger.receive("c2", "k", text, 2.0)
+        self.assertEqual((ledger.delivered, ledger.duplicated), (1, 1))
+
+    def test_reordered(self) -> None:
+        """A probe overtaken by a later one from the same sender is out of order."""
+        ledger = Ledger()
+        first, second = self.send(ledger, "c1", 1), self.send(ledger, "c1", 2)
+        ledger.receive("c2", "k", second, 2.0)
+        ledger.receive("c2", "k", first, 2.0)
+        self.assertEqual((ledger.delivered, ledger.reordered), (2, 1))
+
+    def test_order_is_per_sender(self) -> None:
+        """Interleaved senders are not a reordering."""
+        ledger = Ledger()
+        a1, b1, a2 = self.send(ledger, "a", 1), self.send(ledger, "b", 1), self.send(ledger, "a", 2)
+        for text in (b1, a1, a2):
+            ledger.receive("r", "k", text, 2.0)
+        self.assertEqual((ledger.delivered, ledger.reordered), (3, 0))
+
+    def test_misrouted(self) -> None:
+        """A probe arriving in another chat than it was sent in is misrouted."""
+        ledger = Ledger()
+        text = self.send(ledger, "c1", 1, chat="k1")
+        ledger.receive("c3", "k2", text, 2.0)
+        self.assertEqual(ledger.misrouted, 1)
+
+    def test_foreign(self) -> None:
+        """A message that is not a probe is counted apart."""
+        ledger = Ledger()
+        ledger.receive("c1", "k", "hi there", 1.0)
+        self.assertEqual((ledger.foreign, ledger.delivered), (1, 0))
+
+
+class ReportTests(SynchronousTestCase):
+    """The verdict and its rendering."""
+
+    def test_clean_run_passes(self) -> None:
+        """A run with nothing lost and no errors has no problems."""
+        report = Report("relay", "ws://h/ws", 2, messages_sent=5, messages_delivered=5)
+        self.assertEqual(report.problems(), [])
+        self.assertIn("PASS", format_report(report))
+
+    def test_loss_fails(self) -> None:
+        """Lost, duplicated, reordered or misrouted messages each fail the run."""
+        for field in ("messages_lost", "messages_duplicated", "messages_reordered", "messages_misrouted"):
+            report = Report("relay", "ws://h/ws", 2, **{field: 1})  # type: ignore[arg-type]
+            self.assertEqual(len(report.problems()), 1, field)
+            self.assertIn("FAIL", format_report(report))
+
+    def test_error_threshold(self) -> None:
+        """Errors fail the run only beyond the allowed number."""
+        report = Report("churn", "ws://h/ws", 2, connections_failed=1, errors={"rate_limited": 2})
+        self.assertEqual(report.error_count(), 3)
+        self.assertEqual(len(report.problems(max_errors=2)), 1)
+        self.assertEqual(report.problems(max_errors=3), [])
+
+    def test_json(self) -> None:
+        """The JSON form carries every figure, latency summaries nested."""
+        report = Report("soak", "ws://h/ws", 4, latency_ms=Summary(3, 1.0, 2.0, 2.0, 2.0))
+        data = json.loads(report.to_json())
+        self.assertEqual(data["scenario"], "soak")
+        self.assertEqual(data["latency_ms"]["p99"], 2.0)
+        self.assertEqual(data["errors"], {})
+
+    def test_count_errors(self) -> None:
+        """Error codes are counted and sorted."""
+        self.assertEqual(count_errors(["b", "a", "b"]), {"a": 1, "b": 2})
+
+    def test_progress_line(self) -> None:
+        """The live line shows connections, pairs, throughput and errors."""
+        line = Progress(3.0, 200, 198, 1000, 400.0, 1).line()
+        for part in ("connected 200", "paired 198", "400 msg/s", "errors 1"):
+            self.assertIn(part, line)
+
+
+class TokenBucketTests(SynchronousTestCase):
+    """Client-side pacing."""
+
+    def test_burst_then_rate(self) -> None:
+        """A burst goes out at once; then one token per 1/rate seconds."""
+        bucket = TokenBucket(rate=4.0, burst=2, now=0.0)
+        self.assertTrue(bucket.take(0.0))
+        self.assertTrue(bucket.take(0.0))
+        self.assertFalse(bucket.take(0.0))
+        self.assertAlmostEqual(bucket.delay(0.0), 0.25)
+        self.assertTrue(bucket.take(0.25))
+        self.assertFalse(bucket.take(0.3))
+
+    def test_never_above_rate(self) -> None:
+        """Over a long run a greedy sender gets at most rate * time + burst tokens."""
+        bucket = TokenBucket(rate=4.0, burst=5, now=0.0)
+        t, sent = 0.0, 0
+        while t < 10.0:
+            if bucket.take(t):
+                sent += 1
+            t += 0.001
+        self.assertLessEqual(sent, 4 * 10 + 5)
+        self.assertGreaterEqual(sent, 4 * 10)
+
+    def test_invalid(self) -> None:
+        """A bucket needs a positive rate and room for one token."""
+        self.assertRaises(ValueError, TokenBucket, 0.0, 1, 0.0)
+        self.assertRaises(ValueError, TokenBucket, 1.0, 0.5, 0.0)
+
+
+class CommandLineTests(SynchronousTestCase):
+    """Argument parsing."""
+
+    def test_defaults_respect_limits(self) -> None:
+        """By default the tool paces itself under the server's default limits."""
+        args = build_parser().parse_args(["relay", "ws://127.0.0.1:8080/ws"])
+        config = config_from_args(args, None)
+        self.assertEqual(config.max_rate, DEFAULT_MAX_RATE)
+        self.assertLess(DEFAULT_MAX_RATE, 5)
+        assert config.max_request_rate is not None
+        self.assertLess(config.max_request_rate, 2)
+        self.assertFalse(config.insecure)
+        self.assertIsNone(config.ca_cert)
+
+    def test_lift_limits_and_tls(self) -> None:
+        """--no-rate-limit lifts pacing; --insecure and --ca-cert reach the config."""
+        args = build_parser().parse_args(
+            ["churn", "wss://chat.example/ws", "--no-rate-limit", "--insecure", "--ca-cert", "ca.pem"]
+        )
+        config = config_from_args(args, None)
+        self.assertIsNone(config.max_rate)
+        self.assertIsNone(config.max_request_rate)
+        self.assertTrue(config.insecure)
+        self.assertEqual(config.ca_cert, "ca.pem")
+
+    def test_bad_size(self) -> None:
+        """Message sizes the server would refuse are rejected up front."""
+        args = build_parser().parse_args(["relay", "ws://h/ws", "--size", "2001"])
+        self.assertRaises(ValueError, config_from_args, args, None)
