@@ -191,8 +191,9 @@ class OriginPolicy:
     """
 
     def __init__(self, allowed: Iterable[str] = ()) -> None:
-        self._allowed = frozenset(Origin.parse(url) for url in allowed)
-        self._allow_null = any(url.strip() == "null" for url in allowed)
+        allowed = [url.strip() for url in allowed]
+        self._allow_null = "null" in allowed
+        self._allowed = frozenset(Origin.parse(url) for url in allowed if url != "null")
 
     def allows(self, origin: str | None, host_header: str | None) -> bool:
         if origin is None:

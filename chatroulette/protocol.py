@@ -93,6 +93,8 @@ def websocket_options(settings: Settings) -> dict[str, Any]:
         autoPingInterval=settings.ping_interval,
         autoPingTimeout=settings.ping_timeout,
         perMessageCompressionAccept=lambda offers: None,
+        # Origins (including "null") are judged by OriginPolicy in onConnect.
+        allowNullOrigin=True,
     )
 
 

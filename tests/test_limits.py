@@ -1,0 +1,179 @@
+"""
+The abuse limits without I/O: token buckets, addresses, the Origin policy,
+per-address accounting.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatroulette.limits import (
+    AddressLimits,
+    Origin,
+    OriginPolicy,
+    TokenBucket,
+    address_key,
+    forwarded_address,
+    is_loopback,
+)
+
+
+class TokenBucketTests(SynchronousTestCase):
+    def test_burst_then_refused(self) -> None:
+        """A full bucket accepts exactly its burst at once, then refuses."""
+        bucket = TokenBucket(5, 10, now=100.0)
+        self.assertEqual([bucket.take(100.0) for _ in range(12)], [True] * 10 + [False] * 2)
+
+    def test_refills_at_rate(self) -> None:
+        """Tokens come back at the rate, never beyond the burst."""
+        bucket = TokenBucket(5, 10, now=0.0)
+        for _ in range(10):
+            bucket.take(0.0)
+        self.assertFalse(bucket.take(0.1))
+        self.assertTrue(bucket.take(0.2))
+        self.assertEqual(sum(bucket.take(1000.0) for _ in range(20)), 10)
+
+    def test_flooding_after_three_bursts(self) -> None:
+        """Three times the burst at once: the last refusal marks the client as flooding."""
+        bucket = TokenBucket(5, 10, now=0.0)
+        results = [(bucket.take(0.0), bucket.flooding) for _ in range(30)]
+        self.assertEqual([r for r, _ in results].count(True), 10)
+        self.assertEqual([f for _, f in results].index(True), 29)
+
+    def test_slightly_too_fast_is_not_flooding(self) -> None:
+        """A client a little over the rate is refused now and then but never flagged as flooding."""
+        bucket = TokenBucket(5, 10, now=0.0)
+        accepted = 0
+        for i in range(600):  # 6 per second for 100 seconds
+            accepted += bucket.take(i / 6)
+            self.assertFalse(bucket.flooding)
+        self.assertLess(accepted, 600)
+        self.assertGreater(accepted, 490)
+
+    def test_full_at(self) -> None:
+        """A bucket knows when it will be full again (and can be forgotten)."""
+        bucket = TokenBucket(2, 4, now=0.0)
+        bucket.take(0.0)
+        bucket.take(0.0)
+        self.assertFalse(bucket.full_at(0.5))
+        self.assertTrue(bucket.full_at(1.0))
+
+
+class AddressTests(SynchronousTestCase):
+    def test_ipv4_key(self) -> None:
+        """An IPv4 address is its own key; IPv4-mapped IPv6 counts as IPv4."""
+        self.assertEqual(address_key("203.0.113.7"), "203.0.113.7")
+        self.assertEqual(address_key("::ffff:203.0.113.7"), "203.0.113.7")
+
+    def test_ipv6_grouped_by_64(self) -> None:
+        """IPv6 addresses of one /64 share a key; another /64 does not."""
+        one = address_key("2001:db8:1:2:aaaa::1")
+        self.assertEqual(one, "2001:db8:1:2::/64")
+        self.assertEqual(address_key("2001:db8:1:2:ffff:ffff:ffff:ffff"), one)
+        self.assertNotEqual(address_key("2001:db8:1:3::1"), one)
+        self.assertEqual(address_key("[fe80::1%eth0]"), "fe80::/64")
+
+    def test_not_an_ip(self) -> None:
+        """Something that is not an IP address is its own key."""
+        self.assertEqual(address_key("/run/chat.sock"), "/run/chat.sock")
+
+    def test_loopback(self) -> None:
+        """127/8, ::1 and mapped loopback are loopback; others are not."""
+        for host in ["127.0.0.1", "127.5.6.7", "::1", "::ffff:127.0.0.1"]:
+            self.assertTrue(is_loopback(host), host)
+        for host in ["10.0.0.1", "203.0.113.7", "2001:db8::1", "localhost", ""]:
+            self.assertFalse(is_loopback(host), host)
+
+    def test_forwarded_nearest_entry(self) -> None:
+        """The nearest (last) proxy's entry is the client address."""
+        self.assertEqual(
+            forwarded_address({"x-forwarded-for": "10.9.9.9, 198.51.100.4"}), "198.51.100.4"
+        )
+        self.assertEqual(
+            forwarded_address({"forwarded": 'for=10.1.1.1, for="[2001:db8::7]:4711";proto=https'}),
+            "2001:db8::7",
+        )
+        self.assertEqual(forwarded_address({"forwarded": "for=192.0.2.60:8080"}), "192.0.2.60")
+        self.assertEqual(
+            forwarded_address({"forwarded": "by=10.0.0.1", "x-forwarded-for": "192.0.2.1"}),
+            "192.0.2.1",
+        )
+
+    def test_forwarded_garbage(self) -> None:
+        """No header, an obfuscated node or garbage gives no address."""
+        self.assertIsNone(forwarded_address({}))
+        self.assertIsNone(forwarded_address({"forwarded": "for=_hidden"}))
+        self.assertIsNone(forwarded_address({"x-forwarded-for": "not an ip"}))
+
+
+class OriginTests(SynchronousTestCase):
+    def test_parse_fills_default_ports(self) -> None:
+        """Default ports are implied, explicit or not; hosts are lower-cased."""
+        self.assertEqual(Origin.parse("https://Chat.Example.com"), Origin("https", "chat.example.com", 443))
+        self.assertEqual(Origin.parse("https://chat.example.com:443"), Origin.parse("https://chat.example.com/"))
+        self.assertEqual(Origin.parse("http://[::1]:8080").port, 8080)
+
+    def test_parse_refuses_non_origins(self) -> None:
+        """Paths, missing schemes and bad ports are not origins."""
+        for bad in ["chat.example.com", "https://example.com/chat", "https://example.com:99999", "https://"]:
+            self.assertRaises(ValueError, Origin.parse, bad)
+
+    def test_no_origin_allowed(self) -> None:
+        """Clients that send no Origin (not browsers) are allowed."""
+        self.assertTrue(OriginPolicy().allows(None, "chat.example.com"))
+
+    def test_same_host_and_port(self) -> None:
+        """A page from the host and port the request was sent to is allowed, whatever its scheme."""
+        policy = OriginPolicy()
+        self.assertTrue(policy.allows("http://localhost:8080", "localhost:8080"))
+        self.assertTrue(policy.allows("https://chat.example.com", "chat.example.com"))
+        self.assertTrue(policy.allows("https://chat.example.com", "Chat.Example.com:443"))
+        self.assertTrue(policy.allows("http://[::1]:8080", "[::1]:8080"))
+
+    def test_cross_site_refused(self) -> None:
+        """Other hosts, other ports, null and garbage are refused."""
+        policy = OriginPolicy()
+        self.assertFalse(policy.allows("https://evil.example", "chat.example.com"))
+        self.assertFalse(policy.allows("http://localhost:9999", "localhost:8080"))
+        self.assertFalse(policy.allows("http://localhost", "localhost:8080"))
+        self.assertFalse(policy.allows("null", "localhost:8080"))
+        self.assertFalse(policy.allows("garbage", "localhost:8080"))
+        self.assertFalse(policy.allows("https://chat.example.com", None))
+
+    def test_allowed_list(self) -> None:
+        """Listed origins are allowed with or without their default port."""
+        policy = OriginPolicy(["https://chat.example.com", "http://localhost:3000"])
+        self.assertTrue(policy.allows("https://chat.example.com:443", "127.0.0.1:8080"))
+        self.assertTrue(policy.allows("http://localhost:3000", "127.0.0.1:8080"))
+        self.assertFalse(policy.allows("http://chat.example.com", "127.0.0.1:8080"))
+        self.assertTrue(OriginPolicy(["null"]).allows("null", "localhost:8080"))
+
+
+class AddressLimitsTests(SynchronousTestCase):
+    def test_concurrent_cap(self) -> None:
+        """The cap refuses the next connection until one is released."""
+        limits = AddressLimits(max_connections=2, handshake_rate=0, handshake_burst=1)
+        self.assertIsNone(limits.admit("a", 0))
+        self.assertIsNone(limits.admit("a", 0))
+        self.assertEqual(limits.admit("a", 0), "connections")
+        self.assertIsNone(limits.admit("b", 0))
+        limits.release("a")
+        self.assertIsNone(limits.admit("a", 0))
+        for _ in range(2):
+            limits.release("a")
+        self.assertNotIn("a", limits.connections)
+
+    def test_handshake_rate(self) -> None:
+        """The handshake bucket refuses beyond the burst and refills with time."""
+        limits = AddressLimits(max_connections=0, handshake_rate=20, handshake_burst=50)
+        results = [limits.admit("a", 0.0) for _ in range(51)]
+        self.assertEqual(results[:50], [None] * 50)
+        self.assertEqual(results[50], "handshake_rate")
+        self.assertEqual([limits.admit("a", 1.0) for _ in range(21)].count(None), 20)
+
+    def test_quiet_addresses_forgotten(self) -> None:
+        """Buckets of addresses that went quiet are pruned, so the table stays bounded."""
+        limits = AddressLimits(max_connections=0, handshake_rate=1, handshake_burst=1)
+        for i in range(5000):
+            limits.admit(f"10.0.{i // 256}.{i % 256}", float(i))
+        self.assertLess(limits.tracked, 2100)
