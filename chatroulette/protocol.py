@@ -406,8 +406,13 @@ class ChatServerFactory(WebSocketServerFactory):
         n = next(self._ids)
         if not self.settings.log_addresses:
             return f"#{n}"
-        digest = hashlib.blake2b(host.encode(), key=self._salt, digest_size=5).hexdigest()
-        return f"#{n}@{digest}"
+        return f"#{n}@{self.address_label(host)}"
+
+    def address_label(self, host: str) -> str:
+        """An address as logs may show it: hashed with the per-process key, or C{-}."""
+        if not self.settings.log_addresses:
+            return "-"
+        return hashlib.blake2b(host.encode(), key=self._salt, digest_size=5).hexdigest()
 
     def refuse(self, reason: str, client: str) -> None:
         """

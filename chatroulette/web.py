@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
@@ -254,12 +254,24 @@ class GuardedChannel(HTTPChannel):
         self._cancel_deadline()
         super().connectionLost(reason)
 
+    def timeoutConnection(self) -> None:
+        # An idle kept-alive connection: close it, without Twisted's log
+        # line naming the client's address.
+        self.loseConnection()
+
 
 class GuardedSite(Site):
     """A C{Site} whose connections are L{GuardedChannel}s, timed on the chat factory's clock."""
 
     def __init__(self, root: Resource, chat: ChatServerFactory, **kwargs: Any) -> None:
-        super().__init__(root, reactor=chat.clock, **kwargs)
+        def access_log(timestamp: str, request: Request) -> str:
+            # The combined log format, with the address hashed or dropped
+            # (--log-addresses) instead of in the clear.
+            line: str = combinedLogFormatter(timestamp, request)
+            host = str(getattr(request.getClientAddress(), "host", "-"))
+            return f'"{chat.address_label(host)}"' + line[line.index('"', 1) + 1 :]
+
+        super().__init__(root, reactor=chat.clock, logFormatter=access_log, **kwargs)
         self.chat = chat
         self.request_timeout = chat.settings.open_handshake_timeout
 

@@ -427,6 +427,8 @@ class LoggingTests(ProtectionTestCase):
 
     def chat_with_secrets(self) -> list[dict[str, Any]]:
         events = self.capture()
+        self.server.site.doStart()  # opens the access log, as listening does
+        self.addCleanup(self.server.site.doStop)
         a, b = self.pair_from(REMOTE, "198.51.100.23")
         a.send_json(type="message", text="my secret is hunter2")
         b.send_json(type="typing", active=True)
@@ -435,6 +437,7 @@ class LoggingTests(ProtectionTestCase):
         for _ in range(30):
             a.send_json(type="message", text="hunter2 again")
         self.server.flush()
+        self.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", host=REMOTE)
         self.server.advance(60)
         return events
 
@@ -459,6 +462,7 @@ class LoggingTests(ProtectionTestCase):
         self.assertNotIn(REMOTE, text)
         self.assertNotIn("198.51.100.23", text)
         self.assertRegex(text, r"client #\d+@[0-9a-f]{10}")
+        self.assertRegex(text, r'"[0-9a-f]{10}" - - \[.*\] "GET /healthz HTTP/1.1" 200')
 
 
 class NoAddressLoggingTests(LoggingTests):
@@ -470,6 +474,7 @@ class NoAddressLoggingTests(LoggingTests):
         self.assertNotIn(REMOTE, text)
         self.assertNotRegex(text, r"#\d+@")
         self.assertRegex(text, r"client #\d+ ")
+        self.assertIn('"-" - - ', text)
 
 
 class ShutdownTests(ProtectionTestCase):
