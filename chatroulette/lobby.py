@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import random
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, Protocol, Sequence, TypeVar
 
 from .messages import INVITE_INVALID, NOT_CHATTING
@@ -168,11 +168,36 @@ class _Client:
     timer: DelayedCall | None = None
     invite: str | None = None
     last_partner: _Client | None = None
-    cooling: set[_Client] = field(default_factory=set)
-    blocked: set[_Client] = field(default_factory=set)
+    # Clients this one must not be paired with: True for good (a report),
+    # False until a repeat cooldown ends.  None while empty, which is the
+    # usual case: an empty dict per connection is memory for nothing.
+    avoid: dict[_Client, bool] | None = None
 
     def compatible(self, other: _Client) -> bool:
-        return other is not self and other not in self.cooling and other not in self.blocked
+        return other is not self and (self.avoid is None or other not in self.avoid)
+
+    def keep_apart(self, other: _Client, forever: bool) -> None:
+        for one, two in ((self, other), (other, self)):
+            if one.avoid is None:
+                one.avoid = {}
+            one.avoid[two] = forever or one.avoid.get(two, False)
+
+    def cooled_down(self, other: _Client) -> None:
+        for one, two in ((self, other), (other, self)):
+            if one.avoid is not None and one.avoid.get(two) is False:
+                del one.avoid[two]
+                if not one.avoid:
+                    one.avoid = None
+
+    def forget(self) -> None:
+        """Drop every keep-apart relation, on both sides (at disconnect)."""
+        if self.avoid is not None:
+            for other in self.avoid:
+                if other.avoid is not None:
+                    other.avoid.pop(self, None)
+                    if not other.avoid:
+                        other.avoid = None
+            self.avoid = None
 
 
 class Lobby:
@@ -239,12 +264,7 @@ class Lobby:
         if client is None:
             return
         self._become_idle(client)
-        for other in client.cooling:
-            other.cooling.discard(client)
-        for other in client.blocked:
-            other.blocked.discard(client)
-        client.cooling.clear()
-        client.blocked.clear()
+        client.forget()
         client.last_partner = None
 
     def find(self, peer: Peer, interests: Sequence[str] = (), invite: str | None = None) -> None:
@@ -294,8 +314,7 @@ class Lobby:
             raise LobbyError(NOT_CHATTING, "There is nobody to report.")
         if client.partner is not None:
             self._become_idle(client)
-        client.blocked.add(reported)
-        reported.blocked.add(client)
+        client.keep_apart(reported, forever=True)
         self.stats.reports += 1
         return reported.peer
 
@@ -361,9 +380,9 @@ class Lobby:
         for one, other in ((client, partner), (partner, client)):
             one.partner = one.chat = None
             one.last_partner = other
-            one.cooling.add(other)
         self._set_state(partner, _IDLE)
         if self._repeat_cooldown > 0:
+            client.keep_apart(partner, forever=False)
             key = frozenset((client, partner))
             previous = self._cooldowns.pop(key, None)
             if previous is not None and previous.active():
@@ -377,8 +396,7 @@ class Lobby:
 
     def _cool_down(self, one: _Client, other: _Client) -> None:
         self._cooldowns.pop(frozenset((one, other)), None)
-        one.cooling.discard(other)
-        other.cooling.discard(one)
+        one.cooled_down(other)
         for client in (one, other):
             if client.state is _WAITING and self._clients.get(client.peer) is client:
                 self._match(client)
