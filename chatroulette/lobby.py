@@ -157,7 +157,7 @@ class _Pool(Generic[T]):
             self._index[last] = i
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Client:
     peer: Peer
     state: State = State.IDLE
