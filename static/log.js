@@ -76,7 +76,7 @@ export class ChatLog {
     const note = document.createElement("span");
     note.className = "failed-note";
     note.textContent = `(not delivered: ${why})`;
-    line.append(note);
+    line.append(" ", note);
   }
 
   append(node, forceScroll) {

@@ -11,6 +11,8 @@ import { TypingSender } from "./typing.js";
 export const MAX_TEXT_CHARS = 2000;
 const SHOW_COUNT_FROM = 1800; // the character counter appears near the limit
 const NOTICE_MS = 6000;
+const RECENT_MS = 10000; // how long a sent message may still be refused
+const BURST_GAP_MS = 1500; // messages closer together than this form a burst
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -56,7 +58,7 @@ let armed = false; // the leave button says "Really?"
 let reportable = false; // someone to report on this connection, not reported yet
 let pending = null; // { frame, status } to send once the socket opens
 let lastRequest = null; // type of the last request that the server may refuse
-let lastOwn = null; // { line, text, at } for the last message you sent
+let recentOwn = []; // [{ line, text, at }] your messages of the last few seconds
 let inviteCode = null;
 let connectedOnce = false;
 let lost = false;
@@ -138,6 +140,7 @@ function beginChatScreen() {
   showTyping(false);
   chatId = null;
   inviteCode = null;
+  recentOwn = [];
 }
 
 // User actions ----------------------------------------------------------------
@@ -211,7 +214,9 @@ function sendDraft() {
   typing.stop();
   if (!connection.send({ type: "message", text })) return;
   lastRequest = "message";
-  lastOwn = { line: log.message(text, true), text, at: Date.now() };
+  const now = Date.now();
+  recentOwn = recentOwn.filter((sent) => now - sent.at < RECENT_MS);
+  recentOwn.push({ line: log.message(text, true), text, at: now });
   ui.message.value = "";
   armed = false; // Still talking: "Really?" goes back to "Stop".
   render();
@@ -229,6 +234,29 @@ function updateCount() {
 }
 
 // Server events ----------------------------------------------------------------
+
+/**
+ * A message was refused. The server does not say which one (accepted messages
+ * get no reply), so the newest is marked "not delivered" only when that is
+ * unambiguous: it was not part of a quick burst. Returns true if handled.
+ */
+function refusedMessage(code) {
+  const now = Date.now();
+  const newest = recentOwn.at(-1);
+  const previous = recentOwn.at(-2);
+  if (!newest || now - newest.at > RECENT_MS) return false;
+  if (previous && newest.at - previous.at < BURST_GAP_MS) {
+    notify("You're going a bit fast: some of your last messages were not delivered.");
+    return true;
+  }
+  recentOwn.pop();
+  log.markFailed(newest.line, code === "text_too_long" ? "too long" : "try again");
+  if (state === "chatting" && !ui.message.value) {
+    ui.message.value = newest.text; // give the text back, to send again
+    updateCount();
+  }
+  return true;
+}
 
 const ERROR_TEXT = {
   rate_limited: "You're going a bit fast. Wait a moment and try again.",
@@ -306,20 +334,12 @@ const events = {
   error({ code, message }) {
     const text = ERROR_TEXT[code] || (typeof message === "string" && message) || "Something went wrong.";
     notify(text);
-    if (lastRequest === "message" && lastOwn && Date.now() - lastOwn.at < 10000) {
-      // A refused message was not delivered: say so on it, and give the text back.
-      log.markFailed(lastOwn.line, code === "text_too_long" ? "too long" : "try again");
-      if (state === "chatting" && !ui.message.value) {
-        ui.message.value = lastOwn.text;
-        updateCount();
-      }
-      lastOwn = null;
-    } else if (["waiting", "inviting", "joining"].includes(state) && lastRequest !== "report") {
+    if (lastRequest === "message" && refusedMessage(code)) return;
+    if (["waiting", "inviting", "joining"].includes(state) && lastRequest !== "report") {
       // The find or invite was refused: nothing is going on.
       setState("ended");
       log.status(text, { alert: true });
     }
-    lastRequest = null;
   },
 };
 
@@ -341,11 +361,10 @@ function onOpen() {
 
 function onLost({ code, delay }) {
   const seconds = Math.max(1, Math.round(delay / 1000));
-  const why = !connectedOnce
-    ? "Can't reach the chat server."
-    : code === 1001
-      ? "The chat server is restarting."
-      : "Connection lost.";
+  let why = "Connection lost.";
+  if (!connectedOnce) why = "Can't reach the chat server.";
+  else if (code === 1001) why = "The chat server is restarting.";
+  else if (code === 1008) why = "The server closed the connection: too many requests.";
   const wasLost = lost;
   lost = true;
   reportable = false; // A new connection is a new identity to the server.

@@ -384,3 +384,54 @@ def test_reconnects_after_server_restart(open_person: OpenPerson) -> None:
         expect(bob.log).to_contain_text("Stranger: back again")
     finally:
         restarting.stop()
+
+
+def test_rate_limit_is_shown_inline(open_person: OpenPerson, server: ServerProcess) -> None:
+    """Messages refused for going too fast are reported inline in plain words; the chat goes on."""
+    alice = open_person(visit=False)
+    alice.page.clock.install()
+    alice.visit(server.url)
+    bob = open_person()
+    pair(alice, bob)
+    for n in range(1, 16):
+        alice.say(f"quick {n}")
+    notice = alice.page.get_by_role("status").filter(
+        has_text="You're going a bit fast: some of your last messages were not delivered."
+    )
+    expect(notice).to_be_visible()
+    expect(bob.log).to_contain_text("Stranger: quick 10")
+    bob.say("calm down")
+    expect(alice.log).to_contain_text("Stranger: calm down")
+    expect(alice.message_box).to_be_enabled()
+    alice.page.clock.fast_forward(6100)
+    expect(notice).to_be_hidden()  # the notice goes away by itself
+
+
+def test_background_tab_title(browser: Browser, server: ServerProcess) -> None:
+    """In a background tab, a found stranger and unread messages show in the title."""
+    context = browser.new_context()
+    try:
+        # Two tabs of one window: only the tab in front has focus, as for a person.
+        alice, bob = Person(context.new_page()), Person(context.new_page())
+        for person in (alice, bob):
+            person.visit(server.url)
+            context.new_cdp_session(person.page).send(
+                "Emulation.setFocusEmulationEnabled", {"enabled": False}
+            )
+        base_title = "chatroulette: talk to strangers"
+        expect(alice.page).to_have_title(base_title)
+        interest = unique_interest()
+        alice.page.bring_to_front()
+        alice.start(interest)
+        bob.page.bring_to_front()
+        bob.start(interest)
+        expect(alice.page).to_have_title(f"Stranger found! - {base_title}")
+        expect(bob.page).to_have_title(base_title)
+        bob.say("psst")
+        bob.say("are you there?")
+        expect(alice.page).to_have_title(f"(2) New messages - {base_title}")
+        alice.page.bring_to_front()
+        expect(alice.page).to_have_title(base_title)
+        expect(alice.log).to_contain_text("Stranger: are you there?")
+    finally:
+        context.close()
