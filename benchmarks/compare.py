@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""
+Reproduce the side-by-side comparison in C{benchmarks/RESULTS.md}.
+
+Runs the side-by-side harness (C{bench.py}, with its reference peers) N times
+in one go, each time against the peers and this checkout's server (started by
+C{benchmarks/serve.sh}), then prints the medians and the ratios of our server
+to C{seed001-autobahn} and to C{websockets} as Markdown.
+
+    python3 benchmarks/compare.py --bench /path/to/bench.py [--runs 3] [--out table.md]
+
+The harness location can also come from C{CHATROULETTE_BENCH}.  Raw results
+(one JSON line per server per run) go to C{--raw} if given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+US = "chatroulette"
+BASELINES = ("seed001-autobahn", "websockets")
+
+# (scenario, key, column title, lower is better)
+METRICS = [
+    ("rate", "server_us_per_msg", "CPU us/msg @5k msg/s", True),
+    ("rate", "p99_ms", "p99 ms @5k", True),
+    ("relay", "msgs_per_s", "relay msg/s (sat.)", False),
+    ("relay", "server_us_per_msg", "CPU us/msg (sat.)", True),
+    ("churn", "pairings_per_s", "pairings/s", False),
+    ("churn", "server_us_per_pairing", "CPU us/pairing", True),
+    ("idle", "rss_bytes_per_conn", "RSS B/idle conn", True),
+]
+# The ones with targets, as ratios to the baselines.
+RATIOS = [
+    ("rate", "server_us_per_msg", "CPU per relayed message (rate)"),
+    ("relay", "server_us_per_msg", "CPU per relayed message (saturation)"),
+    ("churn", "server_us_per_pairing", "CPU per pairing (churn)"),
+    ("idle", "rss_bytes_per_conn", "RSS per idle connection"),
+]
+
+
+def raise_open_files() -> None:
+    """The idle scenario holds 5000 connections: lift the soft open-files limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run_bench(bench: str, only: str | None, scenarios: str) -> list[dict[str, Any]]:
+    cmd = [
+        sys.executable, bench, "--json", "--scenarios", scenarios,
+        "--project-cmd", f"{HERE}/serve.sh {{port}}",
+    ]
+    if only:
+        cmd += ["--only", only]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def value(row: dict[str, Any], scenario: str, key: str) -> float | None:
+    v = row.get(scenario, {}).get(key)
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def medians(runs: list[list[dict[str, Any]]]) -> dict[str, dict[tuple[str, str], float]]:
+    """server -> (scenario, key) -> median over the runs that produced a figure."""
+    samples: dict[str, dict[tuple[str, str], list[float]]] = {}
+    for rows in runs:
+        for row in rows:
+            per = samples.setdefault(row["server"], {})
+            for scenario, key, _, _ in METRICS:
+                v = value(row, scenario, key)
+                if v is not None:
+                    per.setdefault((scenario, key), []).append(v)
+    return {
+        server: {k: statistics.median(vs) for k, vs in per.items()} for server, per in samples.items()
+    }
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}"
+
+
+def table(med: dict[str, dict[tuple[str, str], float]], runs: int) -> str:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "chatroulette"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    ).stdout.strip()
+    today = datetime.date.today().isoformat()
+    lines = [
+        f"Commit `{commit}`{' (with uncommitted changes in chatroulette/)' if dirty else ''}, "
+        f"{today}, CPython {sys.version.split()[0]}, {os.cpu_count()} CPUs; medians of {runs} runs.",
+        "",
+        "Ratios of chatroulette to each baseline (lower is better; 1.00 = the same cost):",
+        "",
+        "| measure | vs " + " | vs ".join(BASELINES) + " |",
+        "|---|" + "---|" * len(BASELINES),
+    ]
+    ours = med.get(US, {})
+    for scenario, key, title in RATIOS:
+        cells = []
+        for base in BASELINES:
+            a, b = ours.get((scenario, key)), med.get(base, {}).get((scenario, key))
+            cells.append(f"{a / b:.2f}" if a is not None and b else "-")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Medians:",
+        "",
+        "| server | " + " | ".join(m[2] for m in METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
+    for server in sorted(med, key=lambda s: (s == US, s)):
+        cells = [fmt(med[server].get((scenario, key))) for scenario, key, _, _ in METRICS]
+        lines.append(f"| {server} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--bench", default=os.environ.get("CHATROULETTE_BENCH"), help="path to bench.py")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated servers (default: all peers and chatroulette)")
+    parser.add_argument("--scenarios", default="relay,rate,churn,idle")
+    parser.add_argument("--out", help="also write the Markdown table to this file")
+    parser.add_argument("--raw", help="append the raw JSON lines to this file")
+    parser.add_argument("--from-raw", help="no runs: build the table from a --raw file")
+    args = parser.parse_args()
+    runs: list[list[dict[str, Any]]] = []
+    if args.from_raw:
+        by_run: dict[int, list[dict[str, Any]]] = {}
+        with open(args.from_raw) as f:
+            for line in f:
+                row = json.loads(line)
+                by_run.setdefault(row.pop("run", 0), []).append(row)
+        runs = list(by_run.values())
+    else:
+        if not args.bench:
+            parser.error("--bench (or CHATROULETTE_BENCH) must point at bench.py")
+        raise_open_files()
+        for i in range(args.runs):
+            print(f"run {i + 1}/{args.runs}...", file=sys.stderr, flush=True)
+            rows = run_bench(args.bench, args.only, args.scenarios)
+            runs.append(rows)
+            if args.raw:
+                with open(args.raw, "a") as f:
+                    for row in rows:
+                        f.write(json.dumps({"run": i, **row}) + "\n")
+    text = table(medians(runs), len(runs))
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

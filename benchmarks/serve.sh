@@ -1,0 +1,15 @@
+#!/bin/sh
+# Run this checkout's server in the foreground on 127.0.0.1:PORT for the
+# benchmarks: the checkout's code and static/ (not an installed copy), and the
+# per-connection and per-address limits lifted, since every load client comes
+# from one address and the saturation scenarios send as fast as they can.
+#
+# usage: benchmarks/serve.sh PORT [extra server options]
+set -e
+cd "$(dirname "$0")/.."
+port="$1"; shift
+PYTHON="${PYTHON:-.venv/bin/python}"
+exec "$PYTHON" -m twisted chatroulette \
+    --listen "tcp:${port}:interface=127.0.0.1:backlog=4096" \
+    --message-rate 0 --request-rate 0 --max-handshake-rate 0 --max-connections-per-ip 0 \
+    "$@"
