@@ -95,8 +95,9 @@ function showTyping(active) {
 }
 
 function setOnline(count) {
-  if (count === null) ui.online.textContent = "Offline";
-  else if (Number.isInteger(count)) ui.online.textContent = `${count.toLocaleString()} online`;
+  if (count === null) ui.online.textContent = "Offline: reconnecting...";
+  else if (count === 1) ui.online.textContent = "1 person online: just you, for now.";
+  else if (Number.isInteger(count)) ui.online.textContent = `${count.toLocaleString()} people online now.`;
 }
 
 /** Bring every control in line with `state`. */
