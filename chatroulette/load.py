@@ -455,6 +455,7 @@ class _Run:
             latency_ms=summarize(ledger.latencies, 1000.0),
             pairing_wait_ms=summarize(self.pair_waits, 1000.0),
             errors=count_errors(self.errors.elements()),
+            connection_errors=count_errors(self.connect_errors.elements()),
         )
 
 

@@ -187,6 +187,8 @@ class Report:
     latency_ms: Summary = field(default_factory=Summary)
     pairing_wait_ms: Summary = field(default_factory=Summary)
     errors: dict[str, int] = field(default_factory=dict)
+    connection_errors: dict[str, int] = field(default_factory=dict)
+    """Why connections failed to open, by exception type."""
 
     def error_count(self) -> int:
         """Server error events, failed connections and unexpected drops, all together."""
@@ -227,12 +229,13 @@ def format_report(report: Report, max_errors: int = 0) -> str:
     """The human-readable summary printed at the end of a run."""
     lat, wait = report.latency_ms, report.pairing_wait_ms
     errors = ", ".join(f"{code} {n}" for code, n in report.errors.items()) or "none"
+    why = ", ".join(f"{kind} {n}" for kind, n in report.connection_errors.items())
     problems = report.problems(max_errors)
     lines = [
         f"{report.scenario} against {report.url}: {report.clients} clients, "
         f"{report.duration_s:.1f} s measured",
         f"  connections  opened {report.connections_opened}, failed {report.connections_failed}, "
-        f"dropped {report.connections_dropped}",
+        f"dropped {report.connections_dropped}" + (f" ({why})" if why else ""),
         f"  pairing      {report.clients_paired} clients paired, {report.pairings} pairings "
         f"({report.pairings_per_s:.1f}/s), wait p50 {_ms(wait.p50)} ms, p99 {_ms(wait.p99)} ms",
         f"  messages     sent {report.messages_sent}, delivered {report.messages_delivered} "

@@ -9,15 +9,24 @@ load run (see C{benchmarks/README.md}).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Coroutine, cast
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, reactor, task, utils
 from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
@@ -43,6 +52,34 @@ def deferred_test(
     wrapper.__name__ = f.__name__
     wrapper.__doc__ = f.__doc__
     return wrapper
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throw-away key and certificate for C{localhost}, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = directory / "key.pem", directory / "cert.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
 
 
 class LoadTests(TestCase):
@@ -72,6 +109,20 @@ class LoadTests(TestCase):
         response = await Agent(reactor).request(b"GET", (self.service.http + "/healthz").encode())
         body: dict[str, Any] = json.loads(await readBody(response))
         return body
+
+    async def start_tls(self) -> tuple[str, str]:
+        """Also listen with TLS on loopback; return the C{wss://} URL and the CA file."""
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
+        key, cert = self_signed(directory)
+        await self.service.stop()
+        self.service = await RunningService.start(
+            "--listen", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        )
+        tls = [s for s in self.service.service if isinstance(s, StreamServerEndpointService)][1]
+        waiting: defer.Deferred[IListeningPort] = tls._waitingForPort  # type: ignore[assignment]
+        port = (await waiting).getHost().port  # type: ignore[attr-defined]
+        return f"wss://localhost:{port}/ws", str(cert)
 
     async def assert_lobby_empties(self, timeout: float = 10.0) -> None:
         """The lobby's online/waiting/chatting counts all reach zero in time."""
@@ -148,6 +199,18 @@ class LoadTests(TestCase):
             await run_relay(self.service.url, 1, rate=10.0, duration=1.0)
         health = await self.health()
         self.assertEqual(health["online"], 0)
+
+    @deferred_test
+    async def test_tls(self) -> None:
+        """wss:// verifies the certificate: a self-signed one needs --ca-cert (or --insecure)."""
+        url, ca = await self.start_tls()
+        refused = await run_relay(url, 1, rate=1.0, duration=0.5, config=ClientConfig(drain=0.5))
+        self.assertEqual(refused.connections_failed, 2)
+        self.assertNotEqual(refused.problems(), [])
+        for config in (ClientConfig(ca_cert=ca), ClientConfig(insecure=True)):
+            report = await run_relay(url, 2, rate=2.0, duration=1.0, config=config)
+            self.assert_clean(report, 4)
+        await self.assert_lobby_empties()
 
     @deferred_test
     async def test_command_line(self) -> None:
