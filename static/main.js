@@ -190,7 +190,11 @@ function leaveAction() {
     case "waiting":
     case "inviting":
     case "joining": {
-      const what = state === "waiting" ? "You stopped looking." : "You cancelled the invite.";
+      const what = {
+        waiting: "You stopped looking.",
+        inviting: "You cancelled the invite.",
+        joining: "You have disconnected.",
+      }[state];
       pending = null;
       connection.send({ type: "leave" });
       setState("ended");
