@@ -310,8 +310,11 @@ class ChatServerProtocol(WebSocketServerProtocol):
     # IPushProducer: the transport pauses us when its buffer is full --------
 
     def pauseProducing(self) -> None:
-        self._paused = True
-        self._paused_bytes = 0
+        # TCP transports call this again on every write while over their
+        # buffer size: count from the first call only.
+        if not self._paused:
+            self._paused = True
+            self._paused_bytes = 0
 
     def resumeProducing(self) -> None:
         self._paused = False

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IProtocol, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, combinedLogFormatter
 from twisted.web.resource import Resource
@@ -66,6 +66,25 @@ class StaticFiles(File):
 
     def directoryListing(self) -> Resource:
         return self.forbidden
+
+
+class ChatWebSocketResource(WebSocketResource):
+    """
+    Autobahn's C{WebSocketResource}, plus: bytes a client sent right after its
+    handshake request, in the same packet (its first frames), are handed to
+    the WebSocket protocol.  Twisted's HTTP parser still holds them when the
+    resource renders and would otherwise buffer them as a pipelined request,
+    where they would be lost.
+    """
+
+    def render(self, request: Request) -> bytes | int:
+        channel = request.channel
+        transport: Any = channel.transport
+        result: bytes | int = super().render(request)
+        if transport is not None and channel.transport is None and isinstance(channel, GuardedChannel):
+            protocol = getattr(transport, "wrappedProtocol", None) or transport.protocol
+            channel.upgraded = getattr(protocol, "wrappedProtocol", protocol)
+        return result
 
 
 class Health(Resource):
@@ -158,7 +177,7 @@ class Metrics(Resource):
 def build_root(factory: ChatServerFactory, static_dir: Path | None = None) -> Resource:
     """The resource tree: C{/}, C{/ws}, C{/healthz}, C{/metrics}."""
     root = StaticFiles(str(static_dir or default_static_dir()))
-    root.putChild(b"ws", WebSocketResource(factory))
+    root.putChild(b"ws", ChatWebSocketResource(factory))
     root.putChild(b"healthz", Health(factory))
     registry = CollectorRegistry()
     registry.register(ChatCollector(factory))
@@ -193,6 +212,8 @@ class GuardedChannel(HTTPChannel):
     _deadline: IDelayedCall | None = None
     _body_bytes = 0
     _refused = False
+    # The WebSocket protocol that took this connection over, if any.
+    upgraded: IProtocol | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -227,6 +248,9 @@ class GuardedChannel(HTTPChannel):
             self._refuse_body()
 
     def rawDataReceived(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.upgraded.dataReceived(data)
+            return
         if self._refused:
             return
         if not self._handlingRequest:

@@ -16,7 +16,15 @@ from chatroulette.moderation import Moderation
 from chatroulette.protocol import Settings
 from chatroulette.service import ChatService
 
-from .hostile import RawClient, SilentClient, connect_as, handshake, raw_connect, server_side
+from .hostile import (
+    RawClient,
+    SilentClient,
+    connect_as,
+    handshake,
+    masked_frame,
+    raw_connect,
+    server_side,
+)
 from .memory import MemoryClient, MemoryServer
 
 REMOTE = "203.0.113.7"
@@ -266,10 +274,11 @@ class SlowReaderTests(ProtectionTestCase):
         """Past max-buffer-bytes queued for a client the transport paused, it is closed 1008."""
         slow, fast = self.server.pair()
         protocol = server_side(self.server, slow)
-        protocol.pauseProducing()  # what the TCP transport does once its buffer is full
         for _ in range(30):
+            # What a TCP transport does on every write once its buffer is full.
+            protocol.pauseProducing()
             fast.send_json(type="message", text="x" * 2000)
-        self.server.flush()
+            self.server.flush()
         assert slow.closed is not None
         self.assertEqual(slow.closed[1], 1008)
         frame_size = len(json.dumps({"type": "message", "text": "x" * 2000}, separators=(",", ":")))
@@ -289,6 +298,15 @@ class SlowReaderTests(ProtectionTestCase):
             protocol.resumeProducing()
         self.assertIsNone(slow.closed)
         self.assertEqual(len(slow.take()), 60)
+
+
+class PipelinedFrameTests(ProtectionTestCase):
+    def test_frame_sent_with_the_handshake_is_not_lost(self) -> None:
+        """A frame sent in the same packet as the handshake is processed, not dropped."""
+        client = self.raw(handshake() + masked_frame(b'{"type":"find"}'))
+        self.assertEqual(client.status(), 101)
+        self.assertIn(b'{"type":"waiting"}', client.received)
+        self.assertEqual(self.server.lobby.waiting, 1)
 
 
 class RequestDeadlineTests(ProtectionTestCase):

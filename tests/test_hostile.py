@@ -1,0 +1,251 @@
+"""
+Hostile clients over real loopback sockets, against the service as
+makeService builds it: slowloris, megabytes of headers, a client that never
+reads, floods, cross-site pages, too many connections from one address.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any, AsyncIterator, cast
+
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketClientFactory
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet.interfaces import IReactorTime, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, readBody
+
+from .hostile import close_code, handshake, masked_frame
+from .loopback import QueueClient, RunningService, open_client
+
+clock = cast(IReactorTime, reactor)
+
+
+class RawSocket(Protocol):
+    """A TCP client that does whatever the test says, and records what comes back."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: defer.Deferred[float] = defer.Deferred()
+        self.got_data: defer.Deferred[None] = defer.Deferred()
+        self._close_frame: defer.Deferred[int] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if not self.got_data.called:
+            self.got_data.callback(None)
+        if self._close_frame is not None and close_code(self.received) is not None:
+            d, self._close_frame = self._close_frame, None
+            d.callback(cast(int, close_code(self.received)))
+
+    def next_data(self) -> defer.Deferred[None]:
+        """Fires when more bytes arrive."""
+        self.got_data = defer.Deferred()
+        return self.got_data
+
+    def close_frame(self) -> defer.Deferred[int]:
+        """The code of the server's close frame, when it arrives."""
+        self._close_frame = defer.Deferred()
+        return self._close_frame
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost.callback(time.monotonic())
+
+    def status(self) -> int | None:
+        return int(self.received[9:12]) if self.received.startswith(b"HTTP/1.1 ") else None
+
+
+async def raw_socket(service: RunningService) -> RawSocket:
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", service.port)
+    protocol = await endpoint.connect(Factory.forProtocol(RawSocket))
+    return cast(RawSocket, protocol)
+
+
+async def within(d: defer.Deferred[Any], seconds: float) -> Any:
+    """Wait for C{d}, failing the test after C{seconds}."""
+    d.addTimeout(seconds, reactor)
+    return await d
+
+
+async def open_as(url: str, headers: dict[str, str] | None = None) -> QueueClient:
+    """Like L{open_client}, with extra handshake headers."""
+    factory = WebSocketClientFactory(url, headers=headers)
+    factory.protocol = QueueClient
+    factory.setProtocolOptions(failByDrop=False)
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, factory.host, factory.port)
+    client = cast(QueueClient, await endpoint.connect(factory))
+    await within(client.opened, 5)
+    return client
+
+
+async def pair(url: str) -> tuple[QueueClient, QueueClient]:
+    a, b = await open_client(url), await open_client(url)
+    await a.next("welcome")
+    await b.next("welcome")
+    a.send_json(type="find")
+    b.send_json(type="find")
+    await a.next("paired")
+    await b.next("paired")
+    return a, b
+
+
+@pytest_twisted.async_yield_fixture()
+async def service() -> AsyncIterator[RunningService]:
+    running = await RunningService.start(
+        "--handshake-timeout", "2", "--trust-proxy-headers", "--max-connections-per-ip", "3"
+    )
+    yield running
+    await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_slowloris_cut_off_without_hurting_others(service: RunningService) -> None:
+    """A handshake trickling a byte every 0.2 s is cut off at the timeout; a chat meanwhile is unaffected."""
+    slow = await raw_socket(service)
+    request = handshake()
+    started = time.monotonic()
+    transport = cast(ITCPTransport, slow.transport)
+    trickle = task.LoopingCall(transport.write, request[:1])
+    trickle.start(0.2)
+    try:
+        a, b = await pair(service.url)
+        a.send_json(type="message", text="unaffected")
+        assert (await b.next()) == {"type": "message", "text": "unaffected"}
+        lost_at = await within(slow.lost, 5)
+    finally:
+        trickle.stop()
+    assert 1.5 < lost_at - started < 3.5
+    assert slow.received == b""
+    a.sendClose()
+    b.sendClose()
+
+
+@pytest_twisted.ensureDeferred
+async def test_megabytes_of_headers_refused(service: RunningService) -> None:
+    """Megabytes of headers are answered 400 and the connection closed long before they end."""
+    raw = await raw_socket(service)
+    assert raw.transport is not None
+    raw.transport.write(b"GET /ws HTTP/1.1\r\nHost: localhost\r\n")
+    raw.transport.write((b"X-Pad: " + b"y" * 1000 + b"\r\n") * 4000)
+    await within(raw.lost, 5)
+    assert raw.status() == 400
+    code, _, body = await get(service.http + "/healthz")
+    assert code == 200 and json.loads(body)["status"] == "ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cross_site_page_refused(service: RunningService) -> None:
+    """A handshake from another site's page is refused with HTTP 403; the same origin gets in."""
+    raw = await raw_socket(service)
+    assert raw.transport is not None
+    raw.transport.write(handshake(f"127.0.0.1:{service.port}", origin="https://evil.example"))
+    await within(raw.lost, 5)
+    assert raw.status() == 403
+    ok = await raw_socket(service)
+    assert ok.transport is not None
+    ok.transport.write(handshake(f"127.0.0.1:{service.port}", origin=f"http://127.0.0.1:{service.port}"))
+    await within(ok.got_data, 5)
+    assert ok.status() == 101
+    ok.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_per_address_capped(service: RunningService) -> None:
+    """Behind a trusted proxy, a 4th connection from one client address gets 429; others are fine."""
+    headers = {"X-Forwarded-For": "203.0.113.50"}
+    clients = [await open_as(service.url, headers) for _ in range(3)]
+    raw = await raw_socket(service)
+    assert raw.transport is not None
+    raw.transport.write(handshake(f"127.0.0.1:{service.port}", extra=headers))
+    await within(raw.lost, 5)
+    assert raw.status() == 429
+    other = await open_as(service.url, {"X-Forwarded-For": "203.0.113.51"})
+    clients[0].sendClose()
+    await within(clients[0].closed, 5)
+    again = await open_as(service.url, headers)
+    for client in [*clients[1:], other, again]:
+        client.sendClose()
+        await within(client.closed, 5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_flood_closed_1008(service: RunningService) -> None:
+    """A client flooding messages is refused, then closed with 1008; its partner is told at once."""
+    a, b = await pair(service.url)
+    for _ in range(40):
+        a.send_json(type="message", text="spam")
+    assert (await within(a.closed, 5)) == 1008
+    events = [await b.next() for _ in range(11)]
+    assert [e["type"] for e in events] == ["message"] * 10 + ["partner_left"]
+    b.sendClose()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_frames_close_codes(service: RunningService) -> None:
+    """Binary frames close with 1003, invalid UTF-8 with 1007, oversized frames with 1009."""
+    for frame, expected in [
+        (masked_frame(b"\x00\x01", opcode=2), 1003),
+        (masked_frame(b'{"type":"message","text":"\xc3\x28"}'), 1007),
+        (masked_frame(b" " * (32 * 1024 + 1)), 1009),
+    ]:
+        raw = await raw_socket(service)
+        assert raw.transport is not None
+        raw.transport.write(handshake(f"127.0.0.1:{service.port}"))
+        await within(raw.got_data, 5)
+        closing = raw.close_frame()
+        raw.transport.write(frame)
+        assert (await within(closing, 5)) == expected
+        raw.transport.loseConnection()
+
+
+async def get(url: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+    response = await Agent(reactor).request(b"GET", url.encode())
+    body = await readBody(response)
+    return response.code, dict(response.headers.getAllRawHeaders()), body
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_that_never_reads_is_closed() -> None:
+    """A client that stops reading is closed once its backlog passes --max-buffer-bytes; its partner is told."""
+    running = await RunningService.start("--max-buffer-bytes", "262144", "--message-rate", "0")
+    stalled = socket.socket()
+    try:
+        # A small receive window, and never a recv(): the kernel buffers
+        # fill, then the server's; only the latter is ours to bound.
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.setblocking(False)
+        stalled.connect_ex(("127.0.0.1", running.port))
+        await task.deferLater(reactor, 0.05, lambda: None)
+        stalled.send(handshake(f"127.0.0.1:{running.port}"))
+        response = b""
+        while b"\r\n\r\n" not in response:  # the 101; nothing is read after it
+            await task.deferLater(reactor, 0.01, lambda: None)
+            try:
+                response += stalled.recv(1024)
+            except BlockingIOError:
+                pass
+        assert response.startswith(b"HTTP/1.1 101")
+        stalled.send(masked_frame(b'{"type":"find"}'))
+        partner = await raw_socket(running)
+        transport = cast(ITCPTransport, partner.transport)
+        transport.write(handshake(f"127.0.0.1:{running.port}"))
+        await within(partner.got_data, 5)
+        transport.write(masked_frame(b'{"type":"find"}'))
+        while b'"paired"' not in partner.received:
+            await within(partner.next_data(), 5)
+        burst = masked_frame(json.dumps({"type": "message", "text": "\u20ac" * 2000}).encode()) * 50
+        deadline = time.monotonic() + 20
+        while b'"partner_left"' not in partner.received:
+            assert time.monotonic() < deadline, "the stalled client was never closed"
+            transport.write(burst)
+            await task.deferLater(reactor, 0.001, lambda: None)
+        _, _, body = await get(running.http + "/metrics")
+        assert b'chatroulette_errors_total{code="slow_reader"} 1.0' in body
+        transport.loseConnection()
+    finally:
+        stalled.close()
+        await running.stop()
