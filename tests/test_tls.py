@@ -1,0 +1,138 @@
+"""
+TLS: --listen ssl:... serves the page over https and the chat over wss,
+checked by clients that verify the (throwaway) certificate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from pathlib import Path
+from typing import AsyncIterator, cast
+
+import pytest
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketClientFactory
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
+
+from chatroulette.tap import Options, makeService
+
+from .loopback import QueueClient
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, valid for a day."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+class TLSService:
+    def __init__(self, service: MultiService, port: int, cert: Path) -> None:
+        self.service, self.port = service, port
+        self.trust = Certificate.loadPEM(cert.read_bytes())
+
+
+@pytest_twisted.async_yield_fixture()
+async def tls_service(tmp_path: Path) -> AsyncIterator[TLSService]:
+    key, cert = make_certificate(tmp_path)
+    options = Options()
+    options.parseOptions(
+        ["--listen", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
+    )
+    service = makeService(options)
+    service.startService()
+    endpoint_service = next(s for s in service if isinstance(s, StreamServerEndpointService))
+    listening: defer.Deferred[IListeningPort] = endpoint_service._waitingForPort  # type: ignore[assignment]
+    port = (await listening).getHost().port  # type: ignore[attr-defined]
+    yield TLSService(service, port, cert)
+    await defer.maybeDeferred(service.stopService)
+
+
+async def open_wss(running: TLSService) -> QueueClient:
+    factory = WebSocketClientFactory(f"wss://localhost:{running.port}/ws")
+    factory.protocol = QueueClient
+    factory.setProtocolOptions(failByDrop=False)
+    endpoint = endpoints.wrapClientTLS(
+        optionsForClientTLS("localhost", trustRoot=running.trust),
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", running.port),
+    )
+    client = cast(QueueClient, await endpoint.connect(factory))
+    await client.opened
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_wss_chat(tls_service: TLSService) -> None:
+    """Two clients verifying the certificate chat over wss://."""
+    a, b = await open_wss(tls_service), await open_wss(tls_service)
+    await a.next("welcome")
+    await b.next("welcome")
+    a.send_json(type="find")
+    b.send_json(type="find")
+    await a.next("paired")
+    await b.next("paired")
+    a.send_json(type="message", text="over TLS")
+    assert (await b.next("message")) == {"type": "message", "text": "over TLS"}
+    a.sendClose()
+    b.sendClose()
+    assert (await a.closed) == 1000
+    await b.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_page(tls_service: TLSService) -> None:
+    """The page is served over https with its security headers."""
+    agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=tls_service.trust))
+    response = await agent.request(b"GET", f"https://127.0.0.1:{tls_service.port}/".encode())
+    body = await readBody(response)
+    assert response.code == 200
+    assert b"<html" in body.lower()
+    assert response.headers.getRawHeaders(b"X-Content-Type-Options") == [b"nosniff"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_untrusted_certificate_refused(tls_service: TLSService, tmp_path: Path) -> None:
+    """A client trusting another certificate refuses the connection: verification is real."""
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_cert = make_certificate(other)
+    tls_service.trust = Certificate.loadPEM(other_cert.read_bytes())
+    with pytest.raises(ConnectionError):
+        await open_wss(tls_service)
