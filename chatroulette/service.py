@@ -8,7 +8,7 @@ from __future__ import annotations
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, _ISupportsExitSignalCapturing
 from twisted.logger import Logger
 
 from .moderation import SQLiteBanStore
@@ -22,7 +22,8 @@ class ChatService(Service):
     Start: load the bans still in force.  Stop (SIGTERM/SIGINT under twistd):
     refuse new handshakes, close every connection with 1001 and wait until
     they are closed or C{shutdown_timeout} passed, then drop the rest and
-    stop the ban store.  Sibling listening services stop at the same time,
+    stop the ban store.  Given the C{reactor}, a stop caused by SIGTERM or
+    SIGINT then ends the process with exit status 0.  Sibling listening services stop at the same time,
     so no new connection arrives meanwhile.
     """
 
@@ -34,11 +35,13 @@ class ChatService(Service):
         clock: IReactorTime,
         store: SQLiteBanStore | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        reactor: object | None = None,
     ) -> None:
         self.factory = factory
         self.clock = clock
         self.store = store
         self.shutdown_timeout = shutdown_timeout
+        self._reactor = reactor
 
     def startService(self) -> None:
         super().startService()
@@ -70,6 +73,11 @@ class ChatService(Service):
                     protocol.dropConnection(abort=True)
             if self.store is not None:
                 self.store.stop()
+            if _ISupportsExitSignalCapturing.providedBy(self._reactor):
+                # twistd and twist re-raise a SIGTERM/SIGINT after the reactor
+                # stops, so the process would end "killed by a signal".  This
+                # stop was graceful and complete: exit with status 0 instead.
+                self._reactor._exitSignal = None
 
         done.addCallback(after)
         return done

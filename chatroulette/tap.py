@@ -394,5 +394,7 @@ def makeService(options: Options) -> service.MultiService:
     site = build_site(factory, options["static"], idle_timeout=options["http-idle-timeout"])
     for description in options["listen"]:
         strports.service(description, site, reactor).setServiceParent(top)
-    ChatService(factory, clock, store, options["shutdown-timeout"]).setServiceParent(top)
+    ChatService(
+        factory, clock, store, options["shutdown-timeout"], reactor=reactor
+    ).setServiceParent(top)
     return top
