@@ -93,10 +93,13 @@ def fmt(v: float | None) -> str:
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}"
 
 
-def table(med: dict[str, dict[tuple[str, str], float]], runs: int) -> str:
-    commit = subprocess.run(
+def head_commit() -> str:
+    return subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True
     ).stdout.strip()
+
+
+def table(med: dict[str, dict[tuple[str, str], float]], runs: int, commit: str) -> str:
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no", "chatroulette"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
@@ -142,6 +145,7 @@ def main() -> None:
     parser.add_argument("--from-raw", help="no runs: build the table from a --raw file")
     args = parser.parse_args()
     runs: list[list[dict[str, Any]]] = []
+    commit = head_commit()  # the code measured is the code at the start
     if args.from_raw:
         by_run: dict[int, list[dict[str, Any]]] = {}
         with open(args.from_raw) as f:
@@ -161,7 +165,10 @@ def main() -> None:
                 with open(args.raw, "a") as f:
                     for row in rows:
                         f.write(json.dumps({"run": i, **row}) + "\n")
-    text = table(medians(runs), len(runs))
+    end = head_commit()
+    if end != commit:
+        commit = f"{commit}..{end}"
+    text = table(medians(runs), len(runs), commit)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
