@@ -264,6 +264,10 @@ class Lobby:
         if client is None:
             return
         self._become_idle(client)
+        for other in client.avoid or ():
+            timer = self._cooldowns.pop(frozenset((client, other)), None)
+            if timer is not None and timer.active():
+                timer.cancel()
         client.forget()
         client.last_partner = None
 

@@ -193,6 +193,18 @@ class PairingTests(LobbyTestCase):
         self.assertEqual((self.lobby.online, self.lobby.waiting, self.lobby.chatting), (1, 0, 0))
         self.lobby.disconnect(a)  # twice is harmless
 
+    def test_disconnect_cancels_cooldowns(self) -> None:
+        """Once both of a finished chat have gone, no cooldown timer is left behind."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.leave(a)
+        self.lobby.report(b)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.lobby.disconnect(a)
+        self.lobby.disconnect(b)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_disconnect_while_waiting(self) -> None:
         """A waiter who disconnects is never paired afterwards."""
         a, b = self.peer("a"), self.peer("b")
