@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -119,8 +119,8 @@ class SQLiteBanStore:
     """
     Bans in an SQLite file, created on the first ban (a server that never
     bans anyone leaves no file behind).  Writes run on a dedicated
-    single-thread pool (one connection, one writer, in order); call L{start}
-    before saving and L{stop} at shutdown.
+    single-thread pool (one connection, one writer, in order), started on
+    the first write and stopped by L{stop} or at reactor shutdown.
     """
 
     def __init__(self, path: Path, reactor: IReactorFromThreads) -> None:
@@ -129,12 +129,10 @@ class SQLiteBanStore:
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="chatroulette-bans")
         self._connection: sqlite3.Connection | None = None
 
-    def start(self) -> None:
-        self._pool.start()
-
     def stop(self) -> None:
         """Finish queued writes, then stop the worker thread."""
-        self._pool.stop()
+        if self._pool.started:
+            self._pool.stop()
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -152,6 +150,9 @@ class SQLiteBanStore:
             connection.close()
 
     def save(self, key: str, until: float, now: float) -> Deferred[None]:
+        if not self._pool.started and not self._pool.joined:
+            self._pool.start()
+            cast(IReactorCore, self._reactor).addSystemEventTrigger("during", "shutdown", self.stop)
         d: Deferred[None] = deferToThreadPool(
             self._reactor, self._pool, self._save, key, until, now
         )

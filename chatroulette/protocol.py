@@ -98,6 +98,19 @@ def websocket_options(settings: Settings) -> dict[str, Any]:
     )
 
 
+def cancel_close_timer(protocol: WebSocketProtocol) -> None:
+    """
+    Autobahn leaves its closing-handshake timer running after the connection
+    is gone (it then does nothing); cancel it so no timer outlives the
+    connection.
+    """
+    call = getattr(protocol, "closeHandshakeTimeoutCall", None)
+    if call is not None:
+        if call.active():
+            call.cancel()
+        protocol.closeHandshakeTimeoutCall = None
+
+
 class _ClockTimer:
     """
     Autobahn's timer hook (C{factory._batched_timer}) on our own clock, so
@@ -180,6 +193,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
             transport.unregisterProducer()
             transport.registerProducer(self, True)
         self._joined = True
+        factory.live.add(self)
         factory.lobby.connect(self)
         factory.connected(self)
         self._log.info("client {client} connected", client=self.client_id, event="connect")
@@ -187,9 +201,11 @@ class ChatServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._leave_lobby(code)
+        self.factory.live.discard(self)
         if self._counted is not None:
             self.factory.addresses.release(self._counted)
             self._counted = None
+        cancel_close_timer(self)
 
     def _leave_lobby(self, code: int | None) -> None:
         """Leave the lobby (telling any partner at once); idempotent."""
@@ -385,7 +401,9 @@ class ChatServerFactory(WebSocketServerFactory):
         self.settings = settings
         self.moderation = moderation if moderation is not None else Moderation()
         self._batched_timer = _ClockTimer(clock)
+        # Connections in the lobby; and every open or closing WebSocket.
         self.protocols: set[ChatServerProtocol] = set()
+        self.live: set[ChatServerProtocol] = set()
         self.connections_total = 0
         self.errors: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
@@ -465,7 +483,7 @@ class ChatServerFactory(WebSocketServerFactory):
         """
         self.accepting = False
         closing: list[Deferred[Any]] = []
-        for protocol in list(self.protocols):
+        for protocol in list(self.live):
             closing.append(protocol.is_closed)
             protocol.close_with(code, reason)
         return DeferredList(closing, consumeErrors=True)

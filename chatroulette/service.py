@@ -47,12 +47,10 @@ class ChatService(Service):
         super().startService()
         self.factory.accepting = True
         self.factory.moderation.load(self.clock.seconds())
-        if self.store is not None:
-            self.store.start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        count = len(self.factory.protocols)
+        count = len(self.factory.live)
         self._log.info("closing {count} connections: going away", count=count, event="shutdown")
         done: Deferred[None] = Deferred()
 
@@ -60,7 +58,7 @@ class ChatService(Service):
             if not done.called:
                 done.callback(None)
 
-        protocols = list(self.factory.protocols)
+        protocols = list(self.factory.live)
         closing = self.factory.close_all(CLOSE_GOING_AWAY, "Server restarting.")
         closing.addBoth(finish)
         deadline = self.clock.callLater(self.shutdown_timeout, finish)

@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
 from chatroulette.lobby import Lobby
-from chatroulette.protocol import ChatServerFactory, Settings, websocket_options
+from chatroulette.protocol import ChatServerFactory, Settings, cancel_close_timer, websocket_options
 from chatroulette.web import ChatWebSocketResource, GuardedSite
 
 SECTIONS = "1.*,2.*,3.*,4.*,5.*,6.*,7.*,10.*"
@@ -57,6 +57,9 @@ asyncio.run(main())
 class Echo(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.sendMessage(payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        cancel_close_timer(self)
 
 
 async def run_suite(settings: Settings) -> dict[str, dict[str, Any]]:

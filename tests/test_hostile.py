@@ -120,8 +120,9 @@ async def test_slowloris_cut_off_without_hurting_others(service: RunningService)
         trickle.stop()
     assert 1.5 < lost_at - started < 3.5
     assert slow.received == b""
-    a.sendClose()
-    b.sendClose()
+    for client in (a, b):
+        client.sendClose()
+        await within(client.closed, 5)
 
 
 @pytest_twisted.ensureDeferred
@@ -151,6 +152,7 @@ async def test_cross_site_page_refused(service: RunningService) -> None:
     await within(ok.got_data, 5)
     assert ok.status() == 101
     ok.transport.loseConnection()
+    await within(ok.lost, 5)
 
 
 @pytest_twisted.ensureDeferred
@@ -182,6 +184,7 @@ async def test_flood_closed_1008(service: RunningService) -> None:
     events = [await b.next() for _ in range(11)]
     assert [e["type"] for e in events] == ["message"] * 10 + ["partner_left"]
     b.sendClose()
+    await within(b.closed, 5)
 
 
 @pytest_twisted.ensureDeferred
@@ -200,6 +203,7 @@ async def test_bad_frames_close_codes(service: RunningService) -> None:
         raw.transport.write(frame)
         assert (await within(closing, 5)) == expected
         raw.transport.loseConnection()
+        await within(raw.lost, 5)
 
 
 async def get(url: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:
@@ -246,6 +250,7 @@ async def test_client_that_never_reads_is_closed() -> None:
         _, _, body = await get(running.http + "/metrics")
         assert b'chatroulette_errors_total{code="slow_reader"} 1.0' in body
         transport.loseConnection()
+        await within(partner.lost, 5)
     finally:
         stalled.close()
         await running.stop()
