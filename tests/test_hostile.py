@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator, cast
 
 import pytest_twisted
@@ -254,3 +255,41 @@ async def test_client_that_never_reads_is_closed() -> None:
     finally:
         stalled.close()
         await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ban_survives_restart(tmp_path: Path) -> None:
+    """An address reported by three others is banned, and still banned after a restart."""
+    args = ["--trust-proxy-headers", "--state-dir", str(tmp_path)]
+    running = await RunningService.start(*args)
+    target_address = {"X-Forwarded-For": "203.0.113.66"}
+    try:
+        for i in range(3):
+            target = await open_as(running.url, target_address)
+            reporter = await open_as(running.url, {"X-Forwarded-For": f"198.51.100.{i + 1}"})
+            target.send_json(type="invite")
+            code = (await target.next("invite"))["code"]
+            reporter.send_json(type="find", invite=code)
+            await reporter.next("paired")
+            reporter.send_json(type="report", reason="rude")
+            await target.next("partner_left")
+            for client in (target, reporter):
+                client.sendClose()
+                await within(client.closed, 5)
+    finally:
+        await running.stop()
+    assert (tmp_path / "chatroulette-bans.sqlite3").exists()
+    again = await RunningService.start(*args)
+    try:
+        banned = await open_as(again.url, target_address)
+        banned.send_json(type="find")
+        assert (await banned.next("error"))["code"] == "banned"
+        other = await open_as(again.url, {"X-Forwarded-For": "198.51.100.1"})
+        other.send_json(type="find")
+        assert (await other.next()) == {"type": "welcome", "online": 2}
+        assert (await other.next()) == {"type": "waiting"}
+        for client in (banned, other):
+            client.sendClose()
+            await within(client.closed, 5)
+    finally:
+        await again.stop()
