@@ -13,6 +13,7 @@ close code.  See C{benchmarks/RESULTS.md} for what it gains.
 
 from __future__ import annotations
 
+import types
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -144,6 +145,10 @@ def share_options(factory: WebSocketServerFactory) -> None:
     last C{setProtocolOptions}.
     """
     base = factory.protocol
-    attrs: dict[str, Any] = {name: getattr(factory, name) for name in base.CONFIG_ATTRS}
+    attrs: dict[str, Any] = {}
+    for name in base.CONFIG_ATTRS:
+        value = getattr(factory, name)
+        # A plain function (e.g. perMessageCompressionAccept) must not become a method.
+        attrs[name] = staticmethod(value) if isinstance(value, types.FunctionType) else value
     attrs["CONFIG_ATTRS"] = ()
     factory.protocol = cast("type[WebSocketServerProtocol]", type(base.__name__, (base,), attrs))

@@ -88,6 +88,9 @@ class ILobby(Protocol):
     @property
     def stats(self) -> "LobbyStats": ...
 
+    # Called once per chat started (chat id, the two peers, shared interests).
+    on_pair: Callable[[str, Peer, Peer, Sequence[str]], None] | None
+
     def connect(self, peer: Peer) -> None: ...
 
     def disconnect(self, peer: Peer) -> None: ...
@@ -223,7 +226,7 @@ class Lobby:
         self._interest_timeout = interest_timeout
         self._repeat_cooldown = repeat_cooldown
         self._make_token = make_token
-        self._on_pair = on_pair
+        self.on_pair = on_pair
         self._clients: dict[Peer, _Client] = {}
         self._open: _Pool[_Client] = _Pool()
         self._by_interest: dict[str, _Pool[_Client]] = {}
@@ -470,7 +473,7 @@ class Lobby:
             a.partner, a.chat = b, chat
             self._set_state(a, _CHATTING)
         self.stats.pairings += 1
-        if self._on_pair is not None:
-            self._on_pair(chat, one.peer, other.peer, shared)
+        if self.on_pair is not None:
+            self.on_pair(chat, one.peer, other.peer, shared)
         one.peer.send_paired(chat, shared)
         other.peer.send_paired(chat, shared)

@@ -25,8 +25,9 @@ TEXT_TOO_LONG: Final = "text_too_long"
 NOT_CHATTING: Final = "not_chatting"
 INVITE_INVALID: Final = "invite_invalid"
 RATE_LIMITED: Final = "rate_limited"
+BANNED: Final = "banned"
 
-ERROR_CODES: Final = (BAD_REQUEST, TEXT_TOO_LONG, NOT_CHATTING, INVITE_INVALID, RATE_LIMITED)
+ERROR_CODES: Final = (BAD_REQUEST, TEXT_TOO_LONG, NOT_CHATTING, INVITE_INVALID, RATE_LIMITED, BANNED)
 
 _WHITESPACE = re.compile(r"\s+")
 

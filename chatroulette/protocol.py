@@ -31,8 +31,10 @@ from zope.interface import implementer
 
 from . import messages
 from .limits import AddressLimits, OriginPolicy, TokenBucket, address_key, forwarded_address, is_loopback
+from .fastpath import FastTextFrames, share_options
 from .lobby import ILobby, LobbyError
 from .messages import (
+    BANNED,
     RATE_LIMITED,
     Find,
     Invite,
@@ -43,7 +45,7 @@ from .messages import (
     Typing,
     parse_client_frame,
 )
-from .moderation import BANNED, Moderation
+from .moderation import Moderation
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -126,7 +128,7 @@ class _ClockTimer:
 
 
 @implementer(IPushProducer)
-class ChatServerProtocol(WebSocketServerProtocol):
+class ChatServerProtocol(FastTextFrames):
     """One connected stranger: a L{chatroulette.lobby.Peer}."""
 
     factory: ChatServerFactory
@@ -221,20 +223,50 @@ class ChatServerProtocol(WebSocketServerProtocol):
             )
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Frames that came through Autobahn (the unusual ones: see fastpath)."""
         if isBinary:
             self.factory.errors["binary_frame"] += 1
             self.close_with(CLOSE_UNSUPPORTED_DATA, "Only JSON text frames are accepted.")
             return
+        self._handle(payload)
+
+    def on_text(self, payload: bytes) -> bool:
+        """
+        A complete text frame from the fast path: handled, or C{False} (and
+        nothing done) when it is not valid UTF-8, so that Autobahn fails the
+        connection with 1007 as usual.
+        """
+        if not self._joined:
+            return True  # closing: ignore what is still in flight
+        try:
+            frame = parse_client_frame(payload)
+        except ProtocolError as e:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+            self._refuse_malformed(e)
+            return True
+        self._handle_frame(frame)
+        return True
+
+    def _handle(self, payload: bytes) -> None:
         if not self._joined:
             return  # we are closing this connection: ignore what is still in flight
         try:
             frame = parse_client_frame(payload)
         except ProtocolError as e:
-            # Malformed frames cost parsing and a reply: they share the
-            # request bucket, so a garbage flood is limited like any other.
-            if self._allow(self._requests):
-                self.send_error(e.code, e.message)
+            self._refuse_malformed(e)
             return
+        self._handle_frame(frame)
+
+    def _refuse_malformed(self, e: ProtocolError) -> None:
+        # Malformed frames cost parsing and a reply: they share the
+        # request bucket, so a garbage flood is limited like any other.
+        if self._allow(self._requests):
+            self.send_error(e.code, e.message)
+
+    def _handle_frame(self, frame: messages.ClientFrame) -> None:
         kind = frame.__class__
         if kind is Message:
             bucket = self._messages
@@ -353,7 +385,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
                     )
                     self.close_with(CLOSE_POLICY_VIOLATION, "Too slow: not reading.")
                     return
-            self.sendMessage(frame)
+            self.send_text(frame)
 
     def send_error(self, code: str, message: str) -> None:
         self.factory.errors[code] += 1
@@ -363,9 +395,6 @@ class ChatServerProtocol(WebSocketServerProtocol):
         self._emit(messages.waiting())
 
     def send_paired(self, chat: str, interests: Sequence[str]) -> None:
-        self._log.info(
-            "client {client} paired in chat {chat}", client=self.client_id, chat=chat, event="pair"
-        )
         self._emit(messages.paired(chat, interests))
 
     def send_message(self, text: str) -> None:
@@ -417,6 +446,20 @@ class ChatServerFactory(WebSocketServerFactory):
         self._refusal_logged: dict[str, float] = {}
         self._refusals_unlogged: Counter[str] = Counter()
         self.setProtocolOptions(**websocket_options(settings))
+        share_options(self)
+        lobby.on_pair = self._log_pair
+
+    def _log_pair(self, chat: str, one: Any, other: Any, interests: Sequence[str]) -> None:
+        # One event per chat, not one per side: at churn rates log events
+        # are a large part of the cost of a pairing.
+        self._log.info(
+            "clients {client} and {partner} paired in chat {chat}",
+            client=one.client_id,
+            partner=other.client_id,
+            chat=chat,
+            shared=len(interests),
+            event="pair",
+        )
 
     def client_id(self, host: str) -> str:
         """

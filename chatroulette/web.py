@@ -22,7 +22,6 @@ from twisted.web.server import Request, Site
 from twisted.web.static import File
 
 from .messages import ERROR_CODES
-from .moderation import BANNED
 from .protocol import ChatServerFactory
 
 MAX_REQUEST_HEADER_BYTES = 16 * 1024
@@ -146,7 +145,7 @@ class ChatCollector(Collector):
         errors = CounterMetricFamily(
             "chatroulette_errors", "Requests refused or connections failed, by code.", labels=["code"]
         )
-        for code in sorted(set(ERROR_CODES) | {BANNED} | set(factory.errors)):
+        for code in sorted(set(ERROR_CODES) | set(factory.errors)):
             errors.add_metric([code], factory.errors[code])
         yield errors
         refused = CounterMetricFamily(

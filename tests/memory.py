@@ -89,7 +89,11 @@ class MemoryServer:
         self._port = 40000
 
     def connect(
-        self, path: str = "/ws", headers: dict[str, str] | None = None, host: str = "127.0.0.1"
+        self,
+        path: str = "/ws",
+        headers: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        offers: list[Any] | None = None,
     ) -> MemoryClient:
         """Open a WebSocket connection and complete the handshake."""
         self._port += 1
@@ -97,6 +101,8 @@ class MemoryServer:
         client_factory.protocol = MemoryClient
         client_factory._batched_timer = _ClockTimer(self.clock)
         client_factory.setProtocolOptions(serverConnectionDropTimeout=0, failByDrop=False)
+        if offers is not None:
+            client_factory.setProtocolOptions(perMessageCompressionOffers=offers)
         server_address = IPv4Address("TCP", "127.0.0.1", 8080)
         client_address = IPv4Address("TCP", host, self._port)
         server = self.site.buildProtocol(client_address)

@@ -16,12 +16,11 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.messages import ERROR_CODES, ClientFrame, ProtocolError, parse_client_frame
-from chatroulette.moderation import BANNED
 
 from .hostile import close_code, handshake, masked_frame, raw_connect
 from .memory import MemoryServer
 
-KNOWN_ERRORS = set(ERROR_CODES) | {BANNED}
+KNOWN_ERRORS = set(ERROR_CODES)
 KNOWN_EVENTS = {
     "welcome",
     "waiting",

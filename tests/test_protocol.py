@@ -117,6 +117,17 @@ class ChatTests(ProtocolTestCase):
         self.assertEqual(b.events[-1], {"type": "waiting"})
 
 
+class CompressionTests(ProtocolTestCase):
+    def test_compression_offer_declined(self) -> None:
+        """A client offering permessage-deflate (as browsers do) connects, uncompressed."""
+        from autobahn.websocket.compress import PerMessageDeflateOffer
+
+        client = self.server.connect(offers=[PerMessageDeflateOffer()])
+        self.assertTrue(client.opened)
+        self.assertEqual(client.events, [{"type": "welcome", "online": 1}])
+        self.assertIsNone(client._perMessageCompress)
+
+
 class RefusalTests(ProtocolTestCase):
     """A refused request gets an error, changes nothing and disturbs nobody."""
 
