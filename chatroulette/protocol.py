@@ -194,6 +194,12 @@ class ChatServerProtocol(FastTextFrames):
             transport = cast(IConsumer, self.transport)
             transport.unregisterProducer()
             transport.registerProducer(self, True)
+        # The handshake is over: drop what only it needed.  Each connection
+        # keeps an empty deque (760 bytes) that Autobahn fills only for
+        # "sync" or chopped sends, which this server never makes; a tuple
+        # makes any such send fail loudly instead of sharing a queue.
+        self.send_queue = ()
+        self.http_headers = self.http_request_data = self.http_response_data = None
         self._joined = True
         factory.live.add(self)
         factory.lobby.connect(self)
