@@ -198,8 +198,9 @@ class ChatServerProtocol(FastTextFrames):
         # keeps an empty deque (760 bytes) that Autobahn fills only for
         # "sync" or chopped sends, which this server never makes; a tuple
         # makes any such send fail loudly instead of sharing a queue.
-        self.send_queue = ()
-        self.http_headers = self.http_request_data = self.http_response_data = None
+        self.send_queue = ()  # type: ignore[assignment]
+        self.http_headers = {}
+        self.http_request_data = self.http_response_data = b""
         self._joined = True
         factory.live.add(self)
         factory.lobby.connect(self)
