@@ -200,7 +200,8 @@ class ChatServerProtocol(FastTextFrames):
         # makes any such send fail loudly instead of sharing a queue.
         self.send_queue = ()  # type: ignore[assignment]
         self.http_headers = {}
-        self.http_request_data = self.http_response_data = b""
+        self.http_request_data = b""
+        self.http_response_data = ""
         self._joined = True
         factory.live.add(self)
         factory.lobby.connect(self)
