@@ -23,13 +23,20 @@ from dataclasses import replace
 from typing import Any
 
 import pytest_twisted
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet import endpoints, reactor, utils
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
+from chatroulette.fastpath import FastTextFrames, share_options
 from chatroulette.lobby import Lobby
-from chatroulette.protocol import ChatServerFactory, Settings, cancel_close_timer, websocket_options
+from chatroulette.protocol import (
+    ChatServerFactory,
+    Settings,
+    _ClockTimer,
+    cancel_close_timer,
+    websocket_options,
+)
 from chatroulette.web import ChatWebSocketResource, GuardedSite
 
 SECTIONS = "1.*,2.*,3.*,4.*,5.*,6.*,7.*,10.*"
@@ -54,7 +61,17 @@ asyncio.run(main())
 """
 
 
-class Echo(WebSocketServerProtocol):
+class Echo(FastTextFrames):
+    """An echo on the production frame path: the fast path first, Autobahn for the rest."""
+
+    def on_text(self, payload: bytes) -> bool:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        self.send_text(payload)
+        return True
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.sendMessage(payload, isBinary)
 
@@ -67,6 +84,8 @@ async def run_suite(settings: Settings) -> dict[str, dict[str, Any]]:
     echo = WebSocketServerFactory(server="chatroulette")
     echo.protocol = Echo
     echo.setProtocolOptions(**websocket_options(settings))
+    echo._batched_timer = _ClockTimer(reactor)
+    share_options(echo)
     root = Resource()
     root.putChild(b"echo", ChatWebSocketResource(echo))
     clock: IReactorTime = reactor
