@@ -9,7 +9,6 @@ load run (see C{benchmarks/README.md}).
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shutil
@@ -19,10 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Coroutine, cast
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, reactor, task, utils
 from twisted.internet.base import DelayedCall
@@ -34,6 +29,7 @@ from chatroulette.lobby import Lobby
 from chatroulette.load import ClientConfig, run_churn, run_relay, run_soak
 from chatroulette.loadstats import Report
 
+from .certs import make_certificate
 from .loopback import RunningService
 
 SCALE = max(1, int(os.environ.get("CHATROULETTE_LOAD_SCALE", "1")))
@@ -54,32 +50,6 @@ def deferred_test(
     return wrapper
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throw-away key and certificate for C{localhost}, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_file, cert_file = directory / "key.pem", directory / "cert.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_file, cert_file
 
 
 class LoadTests(TestCase):
@@ -114,7 +84,7 @@ class LoadTests(TestCase):
         """Also listen with TLS on loopback; return the C{wss://} URL and the CA file."""
         directory = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, directory)
-        key, cert = self_signed(directory)
+        key, cert = make_certificate(directory)
         await self.service.stop()
         self.service = await RunningService.start(
             "--listen", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
