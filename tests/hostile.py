@@ -10,13 +10,11 @@ import os
 import struct
 from typing import cast
 
-from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.test.iosim import FakeTransport, IOPump, connect
+from twisted.test.iosim import IOPump
 
-from chatroulette.protocol import ChatServerProtocol, _ClockTimer
+from chatroulette.protocol import ChatServerProtocol
 
 from .memory import MemoryClient, MemoryServer
 
@@ -28,13 +26,6 @@ class SilentClient(MemoryClient):
         pass
 
 
-def _addresses(server: MemoryServer, host: str) -> tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address]:
-    server._port += 1
-    if ":" in host:
-        return IPv6Address("TCP", "::1", 8080), IPv6Address("TCP", host, server._port)
-    return IPv4Address("TCP", "127.0.0.1", 8080), IPv4Address("TCP", host, server._port)
-
-
 def connect_as(
     server: MemoryServer,
     host: str = "127.0.0.1",
@@ -42,24 +33,8 @@ def connect_as(
     origin: str | None = None,
     client_class: type[MemoryClient] = MemoryClient,
 ) -> MemoryClient:
-    """Like C{MemoryServer.connect}, from any address, with any Origin or client class."""
-    factory = WebSocketClientFactory("ws://localhost:8080/ws", headers=headers, origin=origin)
-    factory.protocol = client_class
-    factory._batched_timer = _ClockTimer(server.clock)
-    factory.setProtocolOptions(serverConnectionDropTimeout=0, failByDrop=False)
-    server_address, client_address = _addresses(server, host)
-    server_protocol = server.site.buildProtocol(client_address)
-    client = cast(MemoryClient, factory.buildProtocol(server_address))
-    pump = connect(
-        server_protocol,
-        FakeTransport(server_protocol, True, server_address, client_address),
-        client,
-        FakeTransport(client, False, client_address, server_address),
-        greet=False,
-    )
-    server.pumps.append(pump)
-    server.flush()
-    return client
+    """C{MemoryServer.connect} from any address, with any Origin or client class."""
+    return server.connect(headers=headers, host=host, origin=origin, client_class=client_class)
 
 
 class RawClient(Protocol):
@@ -84,18 +59,8 @@ class RawClient(Protocol):
 
 def raw_connect(server: MemoryServer, host: str = "127.0.0.1") -> tuple[RawClient, IOPump]:
     """An in-memory connection to the site with a L{RawClient} on the other end."""
-    server_address, client_address = _addresses(server, host)
-    server_protocol = server.site.buildProtocol(client_address)
     client = RawClient()
-    pump = connect(
-        server_protocol,
-        FakeTransport(server_protocol, True, server_address, client_address),
-        client,
-        FakeTransport(client, False, client_address, server_address),
-        greet=False,
-    )
-    server.pumps.append(pump)
-    return client, pump
+    return client, server.wire(client, host)
 
 
 def server_side(server: MemoryServer, client: object) -> ChatServerProtocol:
@@ -129,16 +94,17 @@ def handshake(
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def masked_frame(payload: bytes, opcode: int = 1) -> bytes:
-    """One final, masked client frame (RFC 6455 section 5.2)."""
+def masked_frame(payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
+    """One masked client frame, final unless C{fin} is false (RFC 6455 section 5.2)."""
     mask = os.urandom(4)
     n = len(payload)
+    first = (0x80 if fin else 0) | opcode
     if n < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        header = struct.pack("!BB", first, 0x80 | n)
     elif n < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+        header = struct.pack("!BBH", first, 0x80 | 126, n)
     else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+        header = struct.pack("!BBQ", first, 0x80 | 127, n)
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return header + mask + body
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
@@ -88,26 +89,22 @@ class MemoryServer:
         self.pumps: list[IOPump] = []
         self._port = 40000
 
-    def connect(
-        self,
-        path: str = "/ws",
-        headers: dict[str, str] | None = None,
-        host: str = "127.0.0.1",
-        offers: list[Any] | None = None,
-    ) -> MemoryClient:
-        """Open a WebSocket connection and complete the handshake."""
+    def wire(self, client: IProtocol, host: str = "127.0.0.1") -> IOPump:
+        """
+        Connect any client protocol to the site from C{host} (IPv4 or IPv6)
+        on an in-memory pump; nothing is delivered until the next flush.
+        """
         self._port += 1
-        client_factory = WebSocketClientFactory(f"ws://localhost:8080{path}", headers=headers)
-        client_factory.protocol = MemoryClient
-        client_factory._batched_timer = _ClockTimer(self.clock)
-        client_factory.setProtocolOptions(serverConnectionDropTimeout=0, failByDrop=False)
-        if offers is not None:
-            client_factory.setProtocolOptions(perMessageCompressionOffers=offers)
-        server_address = IPv4Address("TCP", "127.0.0.1", 8080)
-        client_address = IPv4Address("TCP", host, self._port)
+        server_address: IPv4Address | IPv6Address
+        client_address: IPv4Address | IPv6Address
+        if ":" in host:
+            server_address = IPv6Address("TCP", "::1", 8080)
+            client_address = IPv6Address("TCP", host, self._port)
+        else:
+            server_address = IPv4Address("TCP", "127.0.0.1", 8080)
+            client_address = IPv4Address("TCP", host, self._port)
         server = self.site.buildProtocol(client_address)
-        client = cast(MemoryClient, client_factory.buildProtocol(server_address))
-        pump = connect(
+        pump: IOPump = connect(
             server,
             FakeTransport(server, True, server_address, client_address),
             client,
@@ -115,6 +112,28 @@ class MemoryServer:
             greet=False,
         )
         self.pumps.append(pump)
+        return pump
+
+    def connect(
+        self,
+        path: str = "/ws",
+        headers: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        offers: list[Any] | None = None,
+        origin: str | None = None,
+        client_class: type[MemoryClient] = MemoryClient,
+    ) -> MemoryClient:
+        """Open a WebSocket connection and complete the handshake."""
+        client_factory = WebSocketClientFactory(
+            f"ws://localhost:8080{path}", headers=headers, origin=origin
+        )
+        client_factory.protocol = client_class
+        client_factory._batched_timer = _ClockTimer(self.clock)
+        client_factory.setProtocolOptions(serverConnectionDropTimeout=0, failByDrop=False)
+        if offers is not None:
+            client_factory.setProtocolOptions(perMessageCompressionOffers=offers)
+        client = cast(MemoryClient, client_factory.buildProtocol(None))
+        self.wire(client, host)
         self.flush()
         return client
 

@@ -13,20 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.fastpath import text_frame, unmask
 
+from .hostile import masked_frame
 from .memory import MemoryClient, MemoryServer
-
-
-def masked(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x11\x22\x33\x44") -> bytes:
-    """A client frame built independently of the code under test."""
-    n = len(payload)
-    first = (0x80 if fin else 0) | opcode
-    if n < 126:
-        header = bytes((first, 0x80 | n))
-    elif n < 65536:
-        header = bytes((first, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((first, 0x80 | 127)) + n.to_bytes(8, "big")
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def write(client: MemoryClient, data: bytes) -> None:
@@ -74,17 +62,17 @@ class StreamTests(SynchronousTestCase):
         stream, expected, errors = b"", [], 0
         for kind, value in spec:
             if kind == "text":
-                stream += masked(1, message(value))
+                stream += masked_frame(message(value))
                 expected.append(value)
             elif kind == "ping":
-                stream += masked(9, bytes.fromhex(value))
+                stream += masked_frame(bytes.fromhex(value), opcode=9)
             elif kind == "noise":
-                stream += masked(1, value.encode())
+                stream += masked_frame(value.encode())
                 errors += 1
             else:
                 payload = message(value)
                 middle = len(payload) // 2
-                stream += masked(1, payload[:middle], fin=False) + masked(0, payload[middle:])
+                stream += masked_frame(payload[:middle], fin=False) + masked_frame(payload[middle:], opcode=0)
                 expected.append(value)
         points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
         for start, end in zip(points, points[1:]):
@@ -98,7 +86,7 @@ class StreamTests(SynchronousTestCase):
         """A complete, small, masked text frame with invalid UTF-8 still closes with 1007."""
         server = MemoryServer()
         a, b = server.pair()
-        write(a, masked(1, b'{"type":"message","text":"\xc3\x28"}'))
+        write(a, masked_frame(b'{"type":"message","text":"\xc3\x28"}'))
         server.flush()
         assert a.closed is not None
         self.assertEqual(a.closed[1], 1007)
@@ -118,7 +106,7 @@ class StreamTests(SynchronousTestCase):
         server = MemoryServer()
         a, b = server.pair()
         text = "é" + os.urandom(999).hex()[:1999]
-        frame = masked(1, message(text))
+        frame = masked_frame(message(text))
         for i in range(len(frame)):
             write(a, frame[i : i + 1])
             server.flush()
