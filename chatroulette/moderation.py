@@ -18,7 +18,6 @@ from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from .messages import BANNED as BANNED
 """The error code answering C{find} and C{invite} from a banned address."""
 
 DEFAULT_REPORT_BAN_THRESHOLD: Final = 3

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, cast
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, DeferredList
@@ -236,7 +236,8 @@ class ChatServerProtocol(FastTextFrames):
             self.factory.errors["binary_frame"] += 1
             self.close_with(CLOSE_UNSUPPORTED_DATA, "Only JSON text frames are accepted.")
             return
-        self._handle(payload)
+        # Autobahn has validated the UTF-8 already, so this always handles it.
+        self.on_text(payload)
 
     def on_text(self, payload: bytes) -> bool:
         """
@@ -257,16 +258,6 @@ class ChatServerProtocol(FastTextFrames):
             return True
         self._handle_frame(frame)
         return True
-
-    def _handle(self, payload: bytes) -> None:
-        if not self._joined:
-            return  # we are closing this connection: ignore what is still in flight
-        try:
-            frame = parse_client_frame(payload)
-        except ProtocolError as e:
-            self._refuse_malformed(e)
-            return
-        self._handle_frame(frame)
 
     def _refuse_malformed(self, e: ProtocolError) -> None:
         # Malformed frames cost parsing and a reply: they share the
