@@ -6,7 +6,6 @@ Nothing happens at import time; C{makeService} builds everything.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +25,7 @@ from .moderation import (
     SQLiteBanStore,
 )
 from .protocol import ChatServerFactory, Settings
+from .randomness import BlockSystemRandom
 from .service import DEFAULT_SHUTDOWN_TIMEOUT, ChatService
 from .web import DEFAULT_HTTP_IDLE_TIMEOUT, build_site, default_static_dir
 
@@ -379,7 +379,7 @@ def makeService(options: Options) -> service.MultiService:
     top = service.MultiService()
     lobby = Lobby(
         cast(Clock, clock),
-        random.SystemRandom(),
+        BlockSystemRandom(),
         interest_timeout=options["interest-timeout"],
         repeat_cooldown=options["repeat-cooldown"],
     )
