@@ -23,10 +23,21 @@ INVITE_LIFETIME = 600.0
 DEFAULT_INTEREST_TIMEOUT = 10.0
 DEFAULT_REPEAT_COOLDOWN = 30.0
 
-# Pools no bigger than this are scanned in full when picking a partner, so a
-# small pool never leaves two compatible waiters apart; bigger pools are
-# sampled this many times (a miss just means waiting for the next arrival).
-_SCAN_LIMIT = 32
+# Picking a partner first tries this many random waiters (rejection sampling:
+# the first compatible one is a uniformly random compatible waiter)...
+_PROBES = 8
+# ...and when they are all kept apart (cooldowns, reports), scans the pools in
+# full if they hold no more than this, so that a waiter is never left waiting
+# while a compatible one is there.  Bigger pools only sample (a miss means
+# waiting for the next arrival), so no find costs O(n): to miss, nearly all
+# of a big pool must be kept from this client, which the request rate limit
+# makes impossible (a client meets a few dozen strangers per cooldown).
+_SCAN_LIMIT = 1024
+
+_FOREVER = float("inf")
+# A client's keep-apart map is pruned of ended cooldowns when it grows past
+# twice its size after the last pruning, and never below this.
+_PRUNE_MIN = 16
 
 
 class DelayedCall(Protocol):
@@ -168,29 +179,43 @@ class _Client:
     partner: _Client | None = None
     chat: str | None = None
     open: bool = False
-    timer: DelayedCall | None = None
+    timer: DelayedCall | None = None  # the interest timeout
+    retry: DelayedCall | None = None  # a match again when a cooldown ends
     invite: str | None = None
     last_partner: _Client | None = None
-    # Clients this one must not be paired with: True for good (a report),
-    # False until a repeat cooldown ends.  None while empty, which is the
-    # usual case: an empty dict per connection is memory for nothing.
-    avoid: dict[_Client, bool] | None = None
+    # Clients this one must not be paired with, and until when: _FOREVER
+    # after a report, the end of the repeat cooldown otherwise.  Expired
+    # entries are not removed by timers (a timer per ended chat costs more
+    # than the chat) but pruned as entries are added, in amortised O(1).
+    # None while empty, which is the usual case: an empty dict per
+    # connection is memory for nothing.
+    avoid: dict[_Client, float] | None = None
+    prune_at: int = _PRUNE_MIN
 
-    def compatible(self, other: _Client) -> bool:
-        return other is not self and (self.avoid is None or other not in self.avoid)
+    def compatible(self, other: _Client, now: float) -> bool:
+        if other is self:
+            return False
+        avoid = self.avoid
+        return avoid is None or avoid.get(other, now) <= now
 
-    def keep_apart(self, other: _Client, forever: bool) -> None:
+    def keep_apart(self, other: _Client, until: float, now: float) -> None:
         for one, two in ((self, other), (other, self)):
-            if one.avoid is None:
-                one.avoid = {}
-            one.avoid[two] = forever or one.avoid.get(two, False)
+            avoid = one.avoid
+            if avoid is None:
+                avoid = one.avoid = {}
+            avoid[two] = max(until, avoid.get(two, until))
+            if len(avoid) > one.prune_at:
+                one.prune(now)
 
-    def cooled_down(self, other: _Client) -> None:
-        for one, two in ((self, other), (other, self)):
-            if one.avoid is not None and one.avoid.get(two) is False:
-                del one.avoid[two]
-                if not one.avoid:
-                    one.avoid = None
+    def prune(self, now: float) -> None:
+        """Drop the relations whose cooldown has ended (on this side only)."""
+        avoid = self.avoid
+        if avoid is not None:
+            for other in [o for o, until in avoid.items() if until <= now]:
+                del avoid[other]
+            self.prune_at = max(_PRUNE_MIN, 2 * len(avoid))
+            if not avoid:
+                self.avoid = None
 
     def forget(self) -> None:
         """Drop every keep-apart relation, on both sides (at disconnect)."""
@@ -231,7 +256,6 @@ class Lobby:
         self._open: _Pool[_Client] = _Pool()
         self._by_interest: dict[str, _Pool[_Client]] = {}
         self._invites: dict[str, tuple[_Client, DelayedCall]] = {}
-        self._cooldowns: dict[frozenset[_Client], DelayedCall] = {}
         self._waiting = 0  # WAITING or INVITING
         self._chatting = 0
         self.stats = LobbyStats()
@@ -267,10 +291,6 @@ class Lobby:
         if client is None:
             return
         self._become_idle(client)
-        for other in client.avoid or ():
-            timer = self._cooldowns.pop(frozenset((client, other)), None)
-            if timer is not None and timer.active():
-                timer.cancel()
         client.forget()
         client.last_partner = None
 
@@ -321,7 +341,7 @@ class Lobby:
             raise LobbyError(NOT_CHATTING, "There is nobody to report.")
         if client.partner is not None:
             self._become_idle(client)
-        client.keep_apart(reported, forever=True)
+        client.keep_apart(reported, _FOREVER, self._clock.seconds())
         self.stats.reports += 1
         return reported.peer
 
@@ -373,6 +393,10 @@ class Lobby:
             if client.timer.active():
                 client.timer.cancel()
             client.timer = None
+        if client.retry is not None:
+            if client.retry.active():
+                client.retry.cancel()
+            client.retry = None
 
     def _cancel_invite(self, client: _Client) -> None:
         if client.invite is not None:
@@ -389,24 +413,15 @@ class Lobby:
             one.last_partner = other
         self._set_state(partner, _IDLE)
         if self._repeat_cooldown > 0:
-            client.keep_apart(partner, forever=False)
-            key = frozenset((client, partner))
-            previous = self._cooldowns.pop(key, None)
-            if previous is not None and previous.active():
-                previous.cancel()
-            self._cooldowns[key] = self._clock.callLater(
-                self._repeat_cooldown, self._cool_down, client, partner
-            )
-        else:
-            self._cool_down(client, partner)
+            now = self._clock.seconds()
+            client.keep_apart(partner, now + self._repeat_cooldown, now)
         partner.peer.send_partner_left(chat)
 
-    def _cool_down(self, one: _Client, other: _Client) -> None:
-        self._cooldowns.pop(frozenset((one, other)), None)
-        one.cooled_down(other)
-        for client in (one, other):
-            if client.state is _WAITING and self._clients.get(client.peer) is client:
-                self._match(client)
+    def _retry(self, client: _Client) -> None:
+        """A cooldown that kept this waiter from someone has ended: try again."""
+        client.retry = None
+        if client.state is _WAITING:
+            self._match(client)
 
     def _open_up(self, client: _Client) -> None:
         """The interest timeout passed: this waiter now accepts anyone."""
@@ -432,36 +447,70 @@ class Lobby:
         self._become_idle(inviter)
         self._pair(inviter, client, ())
 
-    def _pick(self, client: _Client, pools: Sequence[_Pool[_Client]]) -> _Client | None:
-        """A random compatible waiter from C{pools}, or L{None}."""
-        total = sum(len(pool) for pool in pools)
-        if total == 0:
-            return None
-        if total <= _SCAN_LIMIT:
-            candidates = [c for pool in pools for c in pool.items if client.compatible(c)]
-            return self._rng.choice(candidates) if candidates else None
-        for _ in range(_SCAN_LIMIT):
-            n = self._rng.randrange(total)
+    def _pick(
+        self, client: _Client, pools: Sequence[_Pool[_Client]], now: float
+    ) -> tuple[_Client | None, float]:
+        """
+        A random compatible waiter from C{pools}, or L{None}; and the earliest
+        time a repeat cooldown that kept someone in C{pools} from C{client}
+        ends (C{inf} if none did).
+        """
+        total = 0
+        for pool in pools:
+            total += len(pool)
+        avoid = client.avoid
+        blocked = _FOREVER
+        # One draw per probe: random() * total is uniform to within 2**-53 per
+        # waiter, and costs a third of randrange()'s rejection sampling.
+        draw = self._rng.random
+        for _ in range(min(total, _PROBES)):
+            n = int(draw() * total)
             for pool in pools:
                 if n < len(pool):
                     candidate = pool.items[n]
                     break
                 n -= len(pool)
-            if client.compatible(candidate):
-                return candidate
-        return None
+            if candidate is client:
+                continue
+            if avoid is None:
+                return candidate, blocked
+            until = avoid.get(candidate, now)
+            if until <= now:
+                return candidate, blocked
+            blocked = min(blocked, until)
+        if total > _SCAN_LIMIT:
+            return None, blocked
+        everyone = [c for pool in pools for c in pool.items if c is not client]
+        if avoid is None:
+            candidates = everyone
+        else:
+            candidates = [c for c in everyone if avoid.get(c, now) <= now]
+            if not candidates:
+                # Everyone here is kept apart: until when?
+                return None, min([avoid[c] for c in everyone], default=_FOREVER)
+        return (self._rng.choice(candidates) if candidates else None), blocked
 
     def _match(self, client: _Client) -> bool:
-        """Pair a waiting client with a random compatible waiter, if any."""
+        """
+        Pair a waiting client with a random compatible waiter, if any; if a
+        repeat cooldown is all that keeps them apart, try again when it ends.
+        """
+        now = self._clock.seconds()
         partner: _Client | None = None
+        blocked = _FOREVER
         if client.interests:
             pools = [self._by_interest[i] for i in client.interests if i in self._by_interest]
-            partner = self._pick(client, pools)
+            partner, blocked = self._pick(client, pools, now)
         if partner is None and client.open:
-            partner = self._pick(client, [self._open])
+            partner, blocked_open = self._pick(client, [self._open], now)
+            blocked = min(blocked, blocked_open)
         if partner is None:
+            if blocked < _FOREVER:
+                if client.retry is not None and client.retry.active():
+                    client.retry.cancel()
+                client.retry = self._clock.callLater(blocked - now, self._retry, client)
             return False
-        shared = sorted(set(client.interests) & set(partner.interests))
+        shared = sorted(set(client.interests) & set(partner.interests)) if client.interests else ()
         self._become_idle(client)
         self._become_idle(partner)
         self._pair(client, partner, shared)

@@ -16,16 +16,14 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Coroutine, cast
+from typing import Any, Callable, Coroutine
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, reactor, task, utils
-from twisted.internet.base import DelayedCall
 from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from chatroulette.lobby import Lobby
 from chatroulette.load import ClientConfig, run_churn, run_relay, run_soak
 from chatroulette.loadstats import Report
 
@@ -68,12 +66,6 @@ class LoadTests(TestCase):
 
     async def stop(self) -> None:
         await self.service.stop()
-        # Ended chats leave the lobby's repeat-cooldown timers behind, even
-        # for clients that have gone (they would run out harmlessly after
-        # 30 s); trial's clean-reactor check would count them against us.
-        for call in reactor.getDelayedCalls():
-            if isinstance(getattr(cast(DelayedCall, call).func, "__self__", None), Lobby):
-                call.cancel()
 
     async def health(self) -> dict[str, Any]:
         response = await Agent(reactor).request(b"GET", (self.service.http + "/healthz").encode())

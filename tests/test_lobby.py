@@ -193,17 +193,31 @@ class PairingTests(LobbyTestCase):
         self.assertEqual((self.lobby.online, self.lobby.waiting, self.lobby.chatting), (1, 0, 0))
         self.lobby.disconnect(a)  # twice is harmless
 
-    def test_disconnect_cancels_cooldowns(self) -> None:
-        """Once both of a finished chat have gone, no cooldown timer is left behind."""
+    def test_disconnect_cancels_cooldown_retry(self) -> None:
+        """
+        A waiter kept from its last partner by the cooldown waits on one timer;
+        once both have gone, no timer and no keep-apart relation is left.
+        """
         a, b = self.peer("a"), self.peer("b")
         self.lobby.find(a)
         self.lobby.find(b)
-        self.lobby.leave(a)
-        self.lobby.report(b)
+        self.lobby.find(b)  # next: the chat ends, b waits
+        self.lobby.find(a)  # a waits too, kept from b
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.lobby.disconnect(a)
         self.lobby.disconnect(b)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIsNone(self.lobby._clients.get(a))
+        self.assertEqual([c.avoid for c in self.lobby._clients.values()], [])
+
+    def test_disconnect_forgets_keep_apart(self) -> None:
+        """A client that disconnects is removed from its past partners' keep-apart maps."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.report(a)
+        self.lobby.disconnect(b)
+        self.assertIsNone(self.lobby._clients[a].avoid)
 
     def test_disconnect_while_waiting(self) -> None:
         """A waiter who disconnects is never paired afterwards."""
@@ -282,6 +296,86 @@ class CooldownTests(LobbyTestCase):
         self.lobby.find(b)
         self.lobby.find(c)
         self.assertIn(self.lobby.partner_of(c), (a, b))
+
+    def test_ended_chats_leave_no_timers(self) -> None:
+        """Cooldowns need no timer per chat: churning strangers leave none behind."""
+        peers = [self.peer(str(i)) for i in range(40)]
+        for _ in range(20):
+            for p in peers:
+                self.lobby.find(p)
+            self.clock.advance(1)
+            for p in peers:
+                self.lobby.leave(p)
+        self.assertGreater(self.lobby.stats.pairings, 300)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_keep_apart_maps_stay_bounded(self) -> None:
+        """
+        Ended cooldowns are pruned: a client who has met thousands of
+        strangers keeps only about the ones of the last cooldown period.
+        """
+        a = self.peer("a")
+        for i in range(2000):
+            b = self.peer(f"b{i}")
+            self.lobby.find(b)
+            self.lobby.find(a)
+            self.assertIs(self.lobby.partner_of(a), b)
+            self.lobby.leave(a)
+            self.clock.advance(1)
+        avoid = self.lobby._clients[a].avoid
+        assert avoid is not None
+        # 30 s of cooldown at one chat a second, and at most twice that
+        # before the next pruning.
+        self.assertLessEqual(len(avoid), 2 * 31)
+        self.assertGreaterEqual(len(avoid), 30)
+
+    def test_retry_moves_earlier(self) -> None:
+        """
+        A waiter kept from everyone by cooldowns meets the first stranger
+        whose cooldown ends, even when a later one was found first.
+        """
+        a, b, c = self.peer("a"), self.peer("b"), self.peer("c")
+        self.lobby.find(a)
+        self.lobby.find(c)  # t=0: a meets c
+        self.lobby.leave(a)  # a and c kept apart until t=30
+        self.clock.advance(4)
+        self.lobby.find(b)
+        self.lobby.find(c)  # t=4: b meets c
+        self.lobby.leave(b)  # b and c kept apart until t=34
+        self.clock.advance(1)
+        self.lobby.find(a, ["x"])
+        self.lobby.find(b, ["x"])  # t=5: a meets b on a shared interest
+        self.lobby.leave(b)  # a and b kept apart until t=35
+        self.lobby.find(b, ["x"])
+        self.lobby.find(a, ["x"])  # a waits for b (until t=35)
+        self.lobby.find(c)  # c waits for anyone, kept from a until t=30
+        self.clock.advance(10)  # t=15: interest timeouts; c is kept from both
+        self.assertEqual(self.lobby.waiting, 3)
+        self.clock.advance(14.9)
+        self.assertIsNone(self.lobby.partner_of(a))
+        self.clock.advance(0.1)  # t=30
+        self.assertIs(self.lobby.partner_of(a), c)
+
+    def test_one_compatible_waiter_among_hundreds(self) -> None:
+        """
+        However many waiters are kept apart from a newcomer, a pool of up to
+        a thousand is searched in full: the one it may meet is found.
+        """
+        for seed in range(5):
+            self.lobby, self.clock = make_lobby(seed)
+            a, c = self.peer("a"), self.peer("c")
+            kept = [self.peer(f"b{i}") for i in range(300)]
+            clients = [self.lobby._clients[p] for p in [a, c, *kept]]
+            # Everyone is kept apart from everyone, except a and c.
+            for i, one in enumerate(clients):
+                for other in clients[i + 1 :]:
+                    if {one.peer, other.peer} != {a, c}:
+                        one.keep_apart(other, float("inf"), 0.0)
+            for p in [*kept, c]:
+                self.lobby.find(p)
+            self.assertEqual(self.lobby.waiting, 301)
+            self.lobby.find(a)
+            self.assertIs(self.lobby.partner_of(a), c)
 
     def test_zero_cooldown(self) -> None:
         """With no cooldown, the same two can meet again immediately."""
@@ -546,7 +640,9 @@ class LobbyMachine(RuleBasedStateMachine):
         ]
         for x in open_waiters:
             for y in open_waiters:
-                assert not self.lobby._clients[x].compatible(self.lobby._clients[y])
+                assert not self.lobby._clients[x].compatible(
+                    self.lobby._clients[y], self.clock.seconds()
+                )
 
 
 class LobbyPropertyTests(SynchronousTestCase):
