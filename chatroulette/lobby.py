@@ -31,7 +31,8 @@ _PROBES = 8
 # while a compatible one is there.  Bigger pools only sample (a miss means
 # waiting for the next arrival), so no find costs O(n): to miss, nearly all
 # of a big pool must be kept from this client, which the request rate limit
-# makes impossible (a client meets a few dozen strangers per cooldown).
+# makes impossible (at 2 finds a second, a client meets at most about 70
+# strangers in a 30 s cooldown).
 _SCAN_LIMIT = 1024
 
 _FOREVER = float("inf")

@@ -313,7 +313,8 @@ class ChatServerProtocol(FastTextFrames):
             lobby.find(self, frame.interests, frame.invite)
         elif isinstance(frame, Leave):
             lobby.leave(self)
-            self._log.info("client {client} left", client=self.client_id, event="leave")
+            # Once per chat, like "pair": debug level (see _log_pair).
+            self._log.debug("client {client} left", client=self.client_id, event="leave")
         elif isinstance(frame, Report):
             reported = cast(ChatServerProtocol, lobby.report(self, frame.reason))
             # The reason is the reporter's own words about the chat: not logged.
@@ -409,6 +410,12 @@ class ChatServerProtocol(FastTextFrames):
         self._emit(messages.invite_expired(code))
 
 
+# Chat starts, in the factory's namespace; a module-level logger is not
+# re-created on every access (as a class attribute's is), and its events
+# carry no log_source to serialise.
+_pair_log = Logger(namespace=f"{__name__}.ChatServerFactory")
+
+
 class ChatServerFactory(WebSocketServerFactory):
     """Owns the lobby, the open connections, the WebSocket options and the limits."""
 
@@ -449,12 +456,20 @@ class ChatServerFactory(WebSocketServerFactory):
         lobby.on_pair = self._log_pair
 
     def _log_pair(self, chat: str, one: Any, other: Any, interests: Sequence[str]) -> None:
-        # One event per chat, not one per side: at churn rates log events
-        # are a large part of the cost of a pairing.
-        self._log.info(
-            "clients {client} and {partner} paired in chat {chat}",
-            client=one.client_id,
-            partner=other.client_id,
+        # Events that happen once per chat are debug level: written by twistd
+        # and by `twist --log-level debug`, filtered out (for about 3 us) by
+        # twist's default level.  Written, one costs 15-25 us: as much as the
+        # rest of a pairing's Python code (benchmarks/RESULTS.md).  One event
+        # per chat, not one per side; and the message is formatted here
+        # (client ids and chat ids never contain braces), because
+        # twisted.logger's observers otherwise flatten each field of the
+        # format string on every event.  The fields are in the event all the
+        # same.
+        client, partner = one.client_id, other.client_id
+        _pair_log.debug(
+            f"clients {client} and {partner} paired in chat {chat}",
+            client=client,
+            partner=partner,
             chat=chat,
             shared=len(interests),
             event="pair",

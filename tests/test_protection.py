@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.moderation import Moderation
@@ -473,6 +473,25 @@ class LoggingTests(ProtectionTestCase):
         text = self.dump(events)
         for secret in ["hunter2", "whisper", "password"]:
             self.assertNotIn(secret, text)
+
+    def test_pair_event(self) -> None:
+        """A chat start is one event, readable as text and with its fields for structured logs."""
+        events = self.capture()
+        a, b = self.pair_from(REMOTE, "198.51.100.23")
+        pairs = [e for e in events if e.get("event") == "pair"]
+        self.assertEqual(len(pairs), 1)
+        (pair,) = pairs
+        self.assertEqual(pair["chat"], a.chat)
+        self.assertRegex(pair["client"], r"^#\d+(@[0-9a-f]{10})?$")
+        self.assertRegex(pair["partner"], r"^#\d+(@[0-9a-f]{10})?$")
+        self.assertNotEqual(pair["client"], pair["partner"])
+        self.assertEqual(pair["shared"], 0)
+        self.assertEqual(pair["log_namespace"], "chatroulette.protocol.ChatServerFactory")
+        self.assertEqual(pair["log_level"], LogLevel.debug)
+        self.assertEqual(
+            formatEvent(pair),
+            f"clients {pair['client']} and {pair['partner']} paired in chat {a.chat}",
+        )
 
     def test_addresses_hashed(self) -> None:
         """By default an address appears only hashed, never in the clear."""

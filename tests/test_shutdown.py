@@ -1,6 +1,7 @@
 """
-Graceful restarts of the real process: on SIGTERM (twistd) or SIGINT (twist)
-every client is closed with 1001 and the process exits 0.
+The real process: graceful restarts (on SIGTERM from twistd or SIGINT from
+twist every client is closed with 1001 and the process exits 0), and which
+log levels each runner writes.
 """
 
 from __future__ import annotations
@@ -80,3 +81,35 @@ async def test_clients_told_going_away_and_exit_0(command: list[str], signal: st
             transport.signalProcess("KILL")
     # twistd logs text, twist JSON when not on a terminal: either way, one shutdown event.
     assert re.search(rb"closing 3 connections: going away|\"count\": 3, \"event\": \"shutdown\"", process.output)
+
+
+@pytest.mark.parametrize(
+    "command, signal, logged",
+    [
+        (TWISTD, "TERM", True),
+        (TWIST + ["--log-format", "text"], "INT", False),
+        (TWIST + ["--log-format", "text", "--log-level", "debug"], "INT", True),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_chat_starts_logged_at_debug(command: list[str], signal: str, logged: bool) -> None:
+    """
+    Chat starts are debug events: twistd writes every level, twist only with
+    --log-level debug; connections are logged either way.
+    """
+    process, transport, port = await start(command)
+    url = f"ws://127.0.0.1:{port}/ws"
+    try:
+        a, b = [await open_client(url) for _ in range(2)]
+        a.send_json(type="find")
+        b.send_json(type="find")
+        chat = (await a.next("paired"))["chat"]
+        transport.signalProcess(signal)
+        process.ended.addTimeout(10, reactor)
+        assert (await process.ended) == 0, (process.reason, process.output.decode(errors="replace"))
+    finally:
+        if not process.ended.called:
+            transport.signalProcess("KILL")
+    output = process.output.decode()
+    assert re.search(r"client #\d+@[0-9a-f]{10} connected", output), output
+    assert (f"paired in chat {chat}" in output) is logged, output
