@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from . import messages
 from .limits import AddressLimits, OriginPolicy, TokenBucket, address_key, forwarded_address, is_loopback
-from .fastpath import FastTextFrames, share_options
+from .fastpath import FastTextFrames, batch_writes, share_options
 from .lobby import ILobby, LobbyError
 from .messages import (
     BANNED,
@@ -453,6 +453,7 @@ class ChatServerFactory(WebSocketServerFactory):
         self._refusals_unlogged: Counter[str] = Counter()
         self.setProtocolOptions(**websocket_options(settings))
         share_options(self)
+        batch_writes(self, clock)
         lobby.on_pair = self._log_pair
 
     def _log_pair(self, chat: str, one: Any, other: Any, interests: Sequence[str]) -> None:

@@ -28,7 +28,7 @@ from twisted.internet import endpoints, reactor, utils
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
-from chatroulette.fastpath import FastTextFrames, share_options
+from chatroulette.fastpath import FastTextFrames, batch_writes, share_options
 from chatroulette.lobby import Lobby
 from chatroulette.protocol import (
     ChatServerFactory,
@@ -86,6 +86,7 @@ async def run_suite(settings: Settings) -> dict[str, dict[str, Any]]:
     echo.setProtocolOptions(**websocket_options(settings))
     echo._batched_timer = _ClockTimer(reactor)
     share_options(echo)
+    batch_writes(echo, reactor)
     root = Resource()
     root.putChild(b"echo", ChatWebSocketResource(echo))
     clock: IReactorTime = reactor
