@@ -77,7 +77,8 @@ def write_through(transport: ITransport | None, data: bytes) -> None:
 
 
 class _HasTransport(Protocol):
-    transport: ITransport | None
+    @property
+    def transport(self) -> ITransport | None: ...
 
 
 class WriteBatcher:

@@ -456,9 +456,12 @@ class Lobby:
         time a repeat cooldown that kept someone in C{pools} from C{client}
         ends (C{inf} if none did).
         """
-        total = 0
-        for pool in pools:
-            total += len(pool)
+        if len(pools) == 1:
+            items: list[_Client] | None = pools[0].items
+            total = len(pools[0].items)
+        else:
+            items = None
+            total = sum([len(pool.items) for pool in pools])
         avoid = client.avoid
         blocked = _FOREVER
         # One draw per probe: random() * total is uniform to within 2**-53 per
@@ -466,11 +469,14 @@ class Lobby:
         draw = self._rng.random
         for _ in range(min(total, _PROBES)):
             n = int(draw() * total)
-            for pool in pools:
-                if n < len(pool):
-                    candidate = pool.items[n]
-                    break
-                n -= len(pool)
+            if items is not None:
+                candidate = items[n]
+            else:
+                for pool in pools:
+                    if n < len(pool.items):
+                        candidate = pool.items[n]
+                        break
+                    n -= len(pool.items)
             if candidate is client:
                 continue
             if avoid is None:
@@ -478,7 +484,8 @@ class Lobby:
             until = avoid.get(candidate, now)
             if until <= now:
                 return candidate, blocked
-            blocked = min(blocked, until)
+            if until < blocked:
+                blocked = until
         if total > _SCAN_LIMIT:
             return None, blocked
         everyone = [c for pool in pools for c in pool.items if c is not client]

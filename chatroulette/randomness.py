@@ -14,44 +14,59 @@ from __future__ import annotations
 
 import os
 import random
+from array import array
 from typing import NoReturn
 
 _BLOCK = 4096
 _TWO_TO_MINUS_53 = 2.0**-53
 
 
+def _words(data: bytes) -> array[int]:
+    """C{data} as unsigned 64-bit words, drawn from the end (C{pop})."""
+    words = array("Q")
+    assert words.itemsize == 8
+    words.frombytes(data)
+    return words
+
+
 class BlockSystemRandom(random.Random):
     """
     A C{random.Random} whose every bit comes from C{os.urandom}, read in
-    4 KiB blocks.  Like C{SystemRandom}, it cannot be seeded and has no state
-    to save or restore.
+    4 KiB blocks of 64-bit words.  Like C{SystemRandom}, it cannot be seeded
+    and has no state to save or restore.
     """
 
     def __init__(self) -> None:
-        self._block = b""
-        self._used = 0
+        self._words = array("Q")
         super().__init__()
 
     def seed(self, *args: object, **kwargs: object) -> None:
         """Ignored: the kernel's generator needs no seed."""
 
-    def _take(self, n: int) -> bytes:
-        start = self._used
-        if start + n > len(self._block):
-            self._block = os.urandom(max(_BLOCK, n))
-            start = 0
-        self._used = start + n
-        return self._block[start : start + n]
+    def _word(self) -> int:
+        try:
+            return self._words.pop()
+        except IndexError:
+            self._words = _words(os.urandom(_BLOCK))
+            return self._words.pop()
 
     def getrandbits(self, k: int) -> int:
         if k < 0:
             raise ValueError("number of bits must be non-negative")
-        n = (k + 7) // 8
-        return int.from_bytes(self._take(n), "big") >> (n * 8 - k)
+        if k <= 64:
+            return self._word() >> (64 - k)
+        value = 0
+        for _ in range((k + 63) // 64):
+            value = (value << 64) | self._word()
+        return value >> (-k % 64)
 
     def random(self) -> float:
         """A float in [0.0, 1.0) with 53 random bits, as C{SystemRandom.random}."""
-        return (int.from_bytes(self._take(7), "big") >> 3) * _TWO_TO_MINUS_53
+        try:
+            word = self._words.pop()
+        except IndexError:
+            word = self._word()
+        return (word >> 11) * _TWO_TO_MINUS_53
 
     def getstate(self) -> NoReturn:
         raise NotImplementedError("BlockSystemRandom has no state to save")

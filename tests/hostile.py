@@ -109,10 +109,11 @@ def masked_frame(payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
     return header + mask + body
 
 
-def close_code(data: bytes) -> int | None:
-    """The code of the first close frame in unmasked server bytes (after the HTTP response)."""
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The complete unmasked server frames (opcode, payload) after the HTTP response in C{data}."""
     end = data.find(b"\r\n\r\n")
     pos = end + 4 if end >= 0 else 0
+    frames = []
     while pos + 2 <= len(data):
         opcode, length = data[pos] & 0x0F, data[pos + 1] & 0x7F
         head = pos + 2
@@ -122,8 +123,17 @@ def close_code(data: bytes) -> int | None:
         elif length == 127:
             length = struct.unpack("!Q", data[head : head + 8])[0]
             head += 8
-        if opcode == 8:
-            code: int = struct.unpack("!H", data[head : head + 2])[0]
-            return code
+        if head + length > len(data):
+            break
+        frames.append((opcode, data[head : head + length]))
         pos = head + length
+    return frames
+
+
+def close_code(data: bytes) -> int | None:
+    """The code of the first close frame in unmasked server bytes (after the HTTP response)."""
+    for opcode, payload in server_frames(data):
+        if opcode == 8:
+            code: int = struct.unpack("!H", payload[:2])[0]
+            return code
     return None

@@ -9,9 +9,11 @@ import os
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatroulette.fastpath import text_frame, unmask
+from chatroulette.fastpath import WriteBatcher, text_frame, unmask
 
 from .hostile import masked_frame
 from .memory import MemoryClient, MemoryServer
@@ -38,6 +40,64 @@ class UnitTests(SynchronousTestCase):
         self.assertEqual(text_frame(b"x" * 125)[:2], b"\x81\x7d")
         self.assertEqual(text_frame(b"x" * 126)[:4], b"\x81\x7e\x00\x7e")
         self.assertEqual(text_frame(b"x" * 65536)[:10], b"\x81\x7f" + (65536).to_bytes(8, "big"))
+
+
+class RecordingTransport(StringTransport):
+    """Counts writes: the batcher's point is how many there are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+class Owner:
+    def __init__(self) -> None:
+        self.transport = RecordingTransport()
+
+
+class WriteBatcherTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.batcher = WriteBatcher(self.clock)
+        self.a, self.b = Owner(), Owner()
+
+    def test_one_write_per_connection_per_turn(self) -> None:
+        """Frames are held until the reactor's next turn, then written once per connection, in order."""
+        for frame in [b"1", b"2", b"3"]:
+            self.batcher.add(self.a, frame)
+        self.batcher.add(self.b, b"x")
+        self.assertEqual((self.a.transport.writes, self.b.transport.writes), ([], []))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(self.clock.getDelayedCalls()[0].getTime(), 0)
+        self.clock.advance(0)
+        self.assertEqual(self.a.transport.writes, [b"123"])
+        self.assertEqual(self.b.transport.writes, [b"x"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_next_turn(self) -> None:
+        """After a flush, the next frames wait for the turn after."""
+        self.batcher.add(self.a, b"1")
+        self.clock.advance(0)
+        self.batcher.add(self.a, b"2")
+        self.assertEqual(self.a.transport.writes, [b"1"])
+        self.clock.advance(0)
+        self.assertEqual(self.a.transport.writes, [b"1", b"2"])
+
+    def test_flush_one(self) -> None:
+        """One connection's frames can be written at once (before a close frame); the rest wait."""
+        self.batcher.add(self.a, b"1")
+        self.batcher.add(self.a, b"2")
+        self.batcher.add(self.b, b"x")
+        self.batcher.flush_one(self.a)
+        self.batcher.flush_one(self.a)  # nothing more held: no write
+        self.assertEqual(self.a.transport.writes, [b"12"])
+        self.assertEqual(self.b.transport.writes, [])
+        self.clock.advance(0)
+        self.assertEqual(self.a.transport.writes, [b"12"])
+        self.assertEqual(self.b.transport.writes, [b"x"])
 
 
 frames = st.lists(

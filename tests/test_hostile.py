@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
-from .hostile import close_code, handshake, masked_frame
+from .hostile import close_code, handshake, masked_frame, server_frames
 from .loopback import QueueClient, RunningService, open_client
 
 clock = cast(IReactorTime, reactor)
@@ -205,6 +205,29 @@ async def test_bad_frames_close_codes(service: RunningService) -> None:
         assert (await within(closing, 5)) == expected
         raw.transport.loseConnection()
         await within(raw.lost, 5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_before_a_close_arrive_before_it(service: RunningService) -> None:
+    """
+    What the server sent in the turn it closes a connection arrives, in
+    order, before the close frame (frames are batched per turn; closes are not).
+    """
+    raw = await raw_socket(service)
+    assert raw.transport is not None
+    raw.transport.write(handshake(f"127.0.0.1:{service.port}"))
+    await within(raw.got_data, 5)
+    closing = raw.close_frame()
+    raw.transport.write(
+        masked_frame(b'{"type":"find"}')
+        + masked_frame(b'{"type":"message","text":"nobody"}')
+        + masked_frame(b" " * (32 * 1024 + 1))
+    )
+    assert (await within(closing, 5)) == 1009
+    frames = [(op, json.loads(p)["type"] if op == 1 else None) for op, p in server_frames(raw.received)]
+    assert frames == [(1, "welcome"), (1, "waiting"), (1, "error"), (8, None)]
+    raw.transport.loseConnection()
+    await within(raw.lost, 5)
 
 
 async def get(url: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:

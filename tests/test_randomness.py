@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from unittest import mock
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -29,24 +30,26 @@ class BlockSystemRandomTests(SynchronousTestCase):
                 rng.getrandbits(64)
         self.assertEqual(calls, [4096])
 
-    def test_bits_come_from_the_kernel_in_order(self) -> None:
-        """Draws are slices of what os.urandom returned: nothing else goes in."""
-        block = bytes(range(256)) * 16
+    def test_bits_come_from_the_kernel(self) -> None:
+        """Draws are made of the bits os.urandom returned, and nothing else."""
+        word = 0x0123456789ABCDEF
+        block = word.to_bytes(8, sys.byteorder) * 512
         rng = BlockSystemRandom()
         with mock.patch("chatroulette.randomness.os.urandom", lambda n: block[:n]):
-            self.assertEqual(rng.getrandbits(16), 0x0001)
-            self.assertEqual(rng.getrandbits(12), 0x020)  # top 12 bits of 0x0203
+            self.assertEqual(rng.getrandbits(16), 0x0123)
             self.assertEqual(rng.getrandbits(0), 0)
-            self.assertEqual(rng.getrandbits(64), 0x0405060708090A0B)
+            self.assertEqual(rng.getrandbits(64), word)
+            self.assertEqual(rng.getrandbits(100), ((word << 64) | word) >> 28)
+            self.assertEqual(rng.random(), (word >> 11) / 2**53)
 
     def test_draws_across_a_block_boundary(self) -> None:
-        """A draw bigger than what is left of a block reads a new block."""
+        """Draws go on across blocks, and a draw may be bigger than a block."""
         rng = BlockSystemRandom()
-        rng.getrandbits(8 * 4090)
-        value = rng.getrandbits(128)
-        self.assertLess(value, 2**128)
+        values = [rng.getrandbits(64) for _ in range(3 * 4096 // 8)]
+        self.assertEqual(len(set(values)), len(values))
         big = rng.getrandbits(8 * 10000)  # bigger than a block
         self.assertLess(big, 2 ** (8 * 10000))
+        self.assertGreater(big, 2 ** (8 * 10000 - 64))
 
     def test_ranges(self) -> None:
         """Every helper of random.Random stays in range and covers it."""
