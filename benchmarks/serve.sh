@@ -5,11 +5,13 @@
 # from one address and the saturation scenarios send as fast as they can.
 #
 # usage: benchmarks/serve.sh PORT [extra server options]
+# TWIST_OPTIONS (e.g. "--log-level debug") go to the twist runner itself.
 set -e
 cd "$(dirname "$0")/.."
 port="$1"; shift
 PYTHON="${PYTHON:-.venv/bin/python}"
-exec "$PYTHON" -m twisted chatroulette \
+# shellcheck disable=SC2086
+exec "$PYTHON" -m twisted ${TWIST_OPTIONS:-} chatroulette \
     --listen "tcp:${port}:interface=127.0.0.1:backlog=4096" \
     --message-rate 0 --request-rate 0 --max-handshake-rate 0 --max-connections-per-ip 0 \
     "$@"

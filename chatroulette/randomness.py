@@ -5,9 +5,10 @@ Partner choice and chat ids should not be predictable from what a client can
 observe (a Mersenne Twister's state can be rebuilt from about 20 KB of its
 output, and chat ids are output), so the lobby draws from the kernel's
 generator, as C{random.SystemRandom} does.  But C{SystemRandom} makes one
-C{getrandom()} call per draw: several per pairing, about a tenth of the CPU a
-pairing costs at churn rates.  L{BlockSystemRandom} reads the same kernel
-generator a block at a time and hands out slices of it.
+C{getrandom()} call per draw, several per pairing: about a quarter of the
+lobby's own cost per pairing at churn rates (2-4 us).  L{BlockSystemRandom}
+reads the same kernel generator a block at a time and hands out 64-bit words
+of it.
 """
 
 from __future__ import annotations
