@@ -185,11 +185,14 @@ class _Client:
     invite: str | None = None
     last_partner: _Client | None = None
     # Clients this one must not be paired with, and until when: _FOREVER
-    # after a report, the end of the repeat cooldown otherwise.  Expired
-    # entries are not removed by timers (a timer per ended chat costs more
-    # than the chat) but pruned as entries are added, in amortised O(1).
-    # None while empty, which is the usual case: an empty dict per
-    # connection is memory for nothing.
+    # after a report, the end of the repeat cooldown otherwise.  Always
+    # symmetric: an entry is added, pruned and forgotten on both sides at
+    # once, so no map refers to a client that has gone.  Expired entries are
+    # not removed by timers (a timer per ended chat costs more than the chat)
+    # but pruned as entries are added, in amortised O(1), so a map holds at
+    # most about twice one cooldown's worth of partners (at least 16).  None
+    # until a first chat ends: an empty dict per connection is memory for
+    # nothing.
     avoid: dict[_Client, float] | None = None
     prune_at: int = _PRUNE_MIN
 
@@ -209,23 +212,28 @@ class _Client:
                 one.prune(now)
 
     def prune(self, now: float) -> None:
-        """Drop the relations whose cooldown has ended (on this side only)."""
+        """Drop the relations whose cooldown has ended, on both sides."""
         avoid = self.avoid
         if avoid is not None:
             for other in [o for o, until in avoid.items() if until <= now]:
                 del avoid[other]
+                other.drop(self)
             self.prune_at = max(_PRUNE_MIN, 2 * len(avoid))
             if not avoid:
+                self.avoid = None
+
+    def drop(self, other: _Client) -> None:
+        """Drop the relation with C{other} from this side."""
+        if self.avoid is not None:
+            self.avoid.pop(other, None)
+            if not self.avoid:
                 self.avoid = None
 
     def forget(self) -> None:
         """Drop every keep-apart relation, on both sides (at disconnect)."""
         if self.avoid is not None:
             for other in self.avoid:
-                if other.avoid is not None:
-                    other.avoid.pop(self, None)
-                    if not other.avoid:
-                        other.avoid = None
+                other.drop(self)
             self.avoid = None
 
 
@@ -342,7 +350,8 @@ class Lobby:
             raise LobbyError(NOT_CHATTING, "There is nobody to report.")
         if client.partner is not None:
             self._become_idle(client)
-        client.keep_apart(reported, _FOREVER, self._clock.seconds())
+        if self._clients.get(reported.peer) is reported:  # not if already gone
+            client.keep_apart(reported, _FOREVER, self._clock.seconds())
         self.stats.reports += 1
         return reported.peer
 

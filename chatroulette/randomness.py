@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import weakref
 from array import array
 from typing import NoReturn
 
@@ -34,12 +35,14 @@ class BlockSystemRandom(random.Random):
     """
     A C{random.Random} whose every bit comes from C{os.urandom}, read in
     4 KiB blocks of 64-bit words.  Like C{SystemRandom}, it cannot be seeded
-    and has no state to save or restore.
+    and has no state to save or restore.  A forked child throws away what its
+    parent had read, so the two never draw the same words.
     """
 
     def __init__(self) -> None:
         self._words = array("Q")
         super().__init__()
+        _live.add(self)
 
     def seed(self, *args: object, **kwargs: object) -> None:
         """Ignored: the kernel's generator needs no seed."""
@@ -74,3 +77,14 @@ class BlockSystemRandom(random.Random):
 
     def setstate(self, state: object) -> NoReturn:
         raise NotImplementedError("BlockSystemRandom has no state to restore")
+
+
+_live: weakref.WeakSet[BlockSystemRandom] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    for rng in list(_live):
+        rng._words = array("Q")
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

@@ -207,8 +207,26 @@ class PairingTests(LobbyTestCase):
         self.lobby.disconnect(a)
         self.lobby.disconnect(b)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertIsNone(self.lobby._clients.get(a))
-        self.assertEqual([c.avoid for c in self.lobby._clients.values()], [])
+
+    def test_no_map_keeps_a_client_that_left(self) -> None:
+        """
+        A busy client prunes its ended cooldowns on both sides: when it
+        leaves, a quiet client it once met holds no reference to it.
+        """
+        quiet, busy = self.peer("quiet"), self.peer("busy")
+        self.lobby.find(quiet)
+        self.lobby.find(busy)
+        self.lobby.leave(busy)
+        self.clock.advance(31)
+        for i in range(40):  # enough chats to make busy prune its map
+            other = self.peer(f"o{i}")
+            self.lobby.find(other)
+            self.lobby.find(busy)
+            self.lobby.leave(busy)
+        self.lobby.disconnect(busy)
+        self.assertIsNone(self.lobby._clients[quiet].avoid)
+        for client in self.lobby._clients.values():
+            self.assertNotIn(busy, [other.peer for other in client.avoid or ()])
 
     def test_disconnect_forgets_keep_apart(self) -> None:
         """A client that disconnects is removed from its past partners' keep-apart maps."""
@@ -600,7 +618,7 @@ class LobbyMachine(RuleBasedStateMachine):
         self.lobby.connect(peer)
         self.connected.append(peer)
 
-    @rule(seconds=st.sampled_from([0.5, 3.0, 5.0, 700.0]))
+    @rule(seconds=st.sampled_from([0.1, 0.5, 2.9, 3.0, 4.9, 5.0, 700.0]))
     def wait(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
@@ -629,6 +647,29 @@ class LobbyMachine(RuleBasedStateMachine):
             told = [e[0] for e in peer.events if e[0] in ("paired", "partner_left")]
             if state is State.CHATTING:
                 assert told and told[-1] == "paired"
+
+    @invariant()
+    def keep_apart_symmetric(self) -> None:
+        """Keep-apart maps agree on both sides and name only connected clients."""
+        clients = self.lobby._clients
+        for client in clients.values():
+            for other, until in (client.avoid or {}).items():
+                assert clients.get(other.peer) is other, "a map refers to a client that left"
+                assert other.avoid is not None and other.avoid.get(client) == until
+
+    @invariant()
+    def no_waiters_left_apart(self) -> None:
+        """Two waiters who could meet (both open, or sharing an interest) are never both left waiting."""
+        now = self.clock.seconds()
+        waiters = [
+            self.lobby._clients[p]
+            for p in self.connected
+            if self.lobby.state_of(p) is State.WAITING
+        ]
+        for x in waiters:
+            for y in waiters:
+                could_meet = (x.open and y.open) or bool(set(x.interests) & set(y.interests))
+                assert not (could_meet and x.compatible(y, now)), (x.peer, y.peer)
 
     @invariant()
     def no_open_waiters_left_apart(self) -> None:

@@ -78,3 +78,20 @@ class BlockSystemRandomTests(SynchronousTestCase):
         self.assertRaises(NotImplementedError, rng.getstate)
         self.assertRaises(NotImplementedError, rng.setstate, None)
         self.assertRaises(ValueError, rng.getrandbits, -1)
+
+    def test_forked_child_draws_its_own(self) -> None:
+        """A child forked after draws does not repeat what its parent draws next."""
+        rng = BlockSystemRandom()
+        rng.getrandbits(64)  # the parent now holds a block
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report one draw and leave at once
+            try:
+                os.write(write, rng.getrandbits(64).to_bytes(8, "big"))
+            finally:
+                os._exit(0)
+        os.close(write)
+        child = int.from_bytes(os.read(read, 8), "big")
+        os.close(read)
+        os.waitpid(pid, 0)
+        self.assertNotEqual(child, rng.getrandbits(64))
