@@ -197,6 +197,7 @@ class _Client:
     prune_at: int = _PRUNE_MIN
 
     def compatible(self, other: _Client, now: float) -> bool:
+        """The pairing rule, which L{Lobby._pick} applies inline for speed."""
         if other is self:
             return False
         avoid = self.avoid

@@ -2,8 +2,8 @@
 Unpredictable randomness for the lobby, without a system call per draw.
 
 Partner choice and chat ids should not be predictable from what a client can
-observe (a Mersenne Twister's state can be rebuilt from about 20 KB of its
-output, and chat ids are output), so the lobby draws from the kernel's
+observe (a Mersenne Twister's state can be rebuilt from 624 consecutive
+32-bit outputs, and chat ids are output), so the lobby draws from the kernel's
 generator, as C{random.SystemRandom} does.  But C{SystemRandom} makes one
 C{getrandom()} call per draw, several per pairing: about a quarter of the
 lobby's own cost per pairing at churn rates (2-4 us).  L{BlockSystemRandom}
@@ -66,11 +66,7 @@ class BlockSystemRandom(random.Random):
 
     def random(self) -> float:
         """A float in [0.0, 1.0) with 53 random bits, as C{SystemRandom.random}."""
-        try:
-            word = self._words.pop()
-        except IndexError:
-            word = self._word()
-        return (word >> 11) * _TWO_TO_MINUS_53
+        return (self._word() >> 11) * _TWO_TO_MINUS_53
 
     def getstate(self) -> NoReturn:
         raise NotImplementedError("BlockSystemRandom has no state to save")
