@@ -114,13 +114,17 @@ class WriteBatcher:
         self._call = None
         pending, self._pending = self._pending, {}
         for owner, frames in pending.items():
-            write_through(owner.transport, frames[0] if len(frames) == 1 else b"".join(frames))
+            _write(owner, frames)
 
     def flush_one(self, owner: _HasTransport) -> None:
         """Write what is held for C{owner} now, ahead of anything it writes next."""
         frames = self._pending.pop(owner, None)
         if frames is not None:
-            write_through(owner.transport, b"".join(frames))
+            _write(owner, frames)
+
+
+def _write(owner: _HasTransport, frames: list[bytes]) -> None:
+    write_through(owner.transport, frames[0] if len(frames) == 1 else b"".join(frames))
 
 
 class FastTextFrames(WebSocketServerProtocol):

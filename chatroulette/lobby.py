@@ -144,6 +144,12 @@ _IDLE, _WAITING, _INVITING, _CHATTING = State.IDLE, State.WAITING, State.INVITIN
 T = TypeVar("T")
 
 
+def _cancel(call: DelayedCall | None) -> None:
+    """Cancel a timer, if there is one and it has not run yet."""
+    if call is not None and call.active():
+        call.cancel()
+
+
 class _Pool(Generic[T]):
     """A set with O(1) add, remove and random choice."""
 
@@ -400,20 +406,15 @@ class Lobby:
                 pool.discard(client)
                 if not pool:
                     del self._by_interest[interest]
-        if client.timer is not None:
-            if client.timer.active():
-                client.timer.cancel()
-            client.timer = None
-        if client.retry is not None:
-            if client.retry.active():
-                client.retry.cancel()
-            client.retry = None
+        _cancel(client.timer)
+        client.timer = None
+        _cancel(client.retry)
+        client.retry = None
 
     def _cancel_invite(self, client: _Client) -> None:
         if client.invite is not None:
             _, expiry = self._invites.pop(client.invite)
-            if expiry.active():
-                expiry.cancel()
+            _cancel(expiry)
             client.invite = None
 
     def _end_chat(self, client: _Client) -> None:
@@ -524,8 +525,7 @@ class Lobby:
             blocked = min(blocked, blocked_open)
         if partner is None:
             if blocked < _FOREVER:
-                if client.retry is not None and client.retry.active():
-                    client.retry.cancel()
+                _cancel(client.retry)
                 client.retry = self._clock.callLater(blocked - now, self._retry, client)
             return False
         shared = sorted(set(client.interests) & set(partner.interests)) if client.interests else ()
