@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, Protocol, Sequence, TypeVar
 
-from .messages import INVITE_INVALID, NOT_CHATTING
+from .messages import INVITE_INVALID, NOT_CHATTING, ProtocolError
 
 INVITE_LIFETIME = 600.0
 DEFAULT_INTEREST_TIMEOUT = 10.0
@@ -69,15 +69,6 @@ class Peer(Hashable, Protocol):
     def send_partner_left(self, chat: str) -> None: ...
 
     def send_invite_expired(self, code: str) -> None: ...
-
-
-class LobbyError(Exception):
-    """A request the lobby refused; nothing changed."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
 
 
 class ILobby(Protocol):
@@ -334,7 +325,7 @@ class Lobby:
     def message(self, peer: Peer, text: str) -> None:
         partner = self._clients[peer].partner
         if partner is None:
-            raise LobbyError(NOT_CHATTING, "You are not chatting with anyone.")
+            raise ProtocolError(NOT_CHATTING, "You are not chatting with anyone.")
         self.stats.messages += 1
         partner.peer.send_message(text)
 
@@ -354,7 +345,7 @@ class Lobby:
         client = self._clients[peer]
         reported = client.partner or client.last_partner
         if reported is None:
-            raise LobbyError(NOT_CHATTING, "There is nobody to report.")
+            raise ProtocolError(NOT_CHATTING, "There is nobody to report.")
         if client.partner is not None:
             self._become_idle(client)
         if self._clients.get(reported.peer) is reported:  # not if already gone
@@ -453,7 +444,7 @@ class Lobby:
     def _join_invite(self, client: _Client, code: str) -> None:
         entry = self._invites.get(code)
         if entry is None or entry[0] is client:
-            raise LobbyError(INVITE_INVALID, "That invite is unknown, used or expired.")
+            raise ProtocolError(INVITE_INVALID, "That invite is unknown, used or expired.")
         inviter = entry[0]
         self._become_idle(client)
         self._become_idle(inviter)

@@ -34,7 +34,9 @@ _WHITESPACE = re.compile(r"\s+")
 
 class ProtocolError(Exception):
     """
-    A client request was refused; the connection stays open and nothing changed.
+    A client request was refused, by the parser or by the lobby: the client
+    gets an C{error} frame with C{code}, the connection stays open and
+    nothing changed.
     """
 
     def __init__(self, code: str, message: str) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, _ISupportsExitSignalCapturing
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from .internals import graceful_exit
 from .moderation import SQLiteBanStore
 from .protocol import CLOSE_GOING_AWAY, ChatServerFactory
 
@@ -51,7 +52,12 @@ class ChatService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         count = len(self.factory.live)
-        self._log.info("closing {count} connections: going away", count=count, event="shutdown")
+        self._log.info(
+            "closing {count} {connections}: going away",
+            count=count,
+            connections="connection" if count == 1 else "connections",
+            event="shutdown",
+        )
         done: Deferred[None] = Deferred()
 
         def finish(_: object = None) -> None:
@@ -59,7 +65,7 @@ class ChatService(Service):
                 done.callback(None)
 
         protocols = list(self.factory.live)
-        closing = self.factory.close_all(CLOSE_GOING_AWAY, "Server restarting.")
+        closing = self.factory.close_all(CLOSE_GOING_AWAY, "Server going away.")
         closing.addBoth(finish)
         deadline = self.clock.callLater(self.shutdown_timeout, finish)
 
@@ -71,11 +77,9 @@ class ChatService(Service):
                     protocol.dropConnection(abort=True)
             if self.store is not None:
                 self.store.stop()
-            if _ISupportsExitSignalCapturing.providedBy(self._reactor):
-                # twistd and twist re-raise a SIGTERM/SIGINT after the reactor
-                # stops, so the process would end "killed by a signal".  This
-                # stop was graceful and complete: exit with status 0 instead.
-                self._reactor._exitSignal = None
+            if self._reactor is not None and self.factory.hooks.exit_signal:
+                # This stop was graceful and complete: exit with status 0.
+                graceful_exit(self._reactor)
 
         done.addCallback(after)
         return done

@@ -24,7 +24,8 @@ from .moderation import (
     Moderation,
     SQLiteBanStore,
 )
-from .protocol import ChatServerFactory, Settings
+from .protocol import ChatServerFactory
+from .settings import Settings
 from .randomness import BlockSystemRandom
 from .service import DEFAULT_SHUTDOWN_TIMEOUT, ChatService
 from .web import DEFAULT_HTTP_IDLE_TIMEOUT, build_site, default_static_dir
@@ -46,7 +47,6 @@ def _seconds(name: str) -> Any:
             raise ValueError(f"--{name} must be between 0 and 10000000 seconds, not {value!r}")
         return seconds
 
-    coerce.coerceDoc = "Seconds."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -74,7 +74,6 @@ def _rate(name: str) -> Any:
             raise ValueError(f"--{name} must be 0 (no limit) or a positive number, not {value!r}")
         return rate
 
-    coerce.coerceDoc = "Per second; 0 means no limit."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -153,22 +152,23 @@ class Options(usage.Options):
             "typing-burst",
             None,
             _DEFAULTS.typing_burst,
-            "Typing signals a connection may send at once.",
+            "Typing signals a connection may send at once before --typing-rate applies.",
             _count("typing-burst", 1),
         ],
         [
             "request-rate",
             None,
             _DEFAULTS.request_rate,
-            "find, invite, report, leave and malformed frames per second per connection "
-            "(0: no limit).",
+            "Requests (find, invite, report, leave, malformed frames) per second per "
+            "connection (0: no limit).",
             _rate("request-rate"),
         ],
         [
             "request-burst",
             None,
             _DEFAULTS.request_burst,
-            "Such requests a connection may send at once.",
+            "Requests (find, invite, report, leave, malformed frames) a connection may send "
+            "at once before --request-rate applies.",
             _count("request-burst", 1),
         ],
         [
@@ -284,6 +284,13 @@ class Options(usage.Options):
 
     optFlags = [
         [
+            "no-fast-path",
+            None,
+            "Serve on Twisted's and Autobahn's public APIs only: no frame fast path, "
+            "write-through or write batching (slower; for diagnosing a suspected fast-path "
+            "problem; the fast path also turns itself off if a start-up check fails).",
+        ],
+        [
             "trust-proxy-headers",
             None,
             "Take the client address from the nearest Forwarded / X-Forwarded-For entry "
@@ -298,9 +305,7 @@ class Options(usage.Options):
         self["allowed-origin"] = []
 
     def opt_allowed_origin(self, origin: str) -> None:
-        """
-        Also accept WebSocket connections from pages of this origin (repeatable), e.g. https://chat.example.com (default port optional). Pages from the host the client connects to, and clients sending no Origin (not browsers), are always accepted.
-        """
+        """Also accept WebSocket connections from pages of this origin (repeatable), e.g. https://chat.example.com (default port optional). Pages from the host the client connects to, and clients sending no Origin (not browsers), are always accepted."""
         if origin.strip() != "null":
             try:
                 Origin.parse(origin)
@@ -309,11 +314,7 @@ class Options(usage.Options):
         self["allowed-origin"].append(origin)
 
     def opt_listen(self, endpoint: str) -> None:
-        """
-        Listen on this Twisted endpoint (repeatable; default tcp:8080), for
-        example tcp:8080:interface=127.0.0.1 or
-        ssl:8443:privateKey=key.pem:certKey=cert.pem.
-        """
+        """Listen on this Twisted endpoint (repeatable; default tcp:8080), for example tcp:8080:interface=127.0.0.1 or ssl:8443:privateKey=key.pem:certKey=cert.pem."""
         self["listen"].append(endpoint)
 
     def postOptions(self) -> None:
@@ -368,6 +369,7 @@ class Options(usage.Options):
             handshake_rate=self["max-handshake-rate"],
             handshake_burst=self["handshake-burst"],
             trust_proxy_headers=bool(self["trust-proxy-headers"]),
+            fast_path=not self["no-fast-path"],
         )
 
 

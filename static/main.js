@@ -368,7 +368,7 @@ function onLost({ code, delay }) {
   const seconds = Math.max(1, Math.round(delay / 1000));
   let why = "Connection lost.";
   if (!connectedOnce) why = "Can't reach the chat server.";
-  else if (code === 1001) why = "The chat server is restarting.";
+  else if (code === 1001) why = "The chat server is going away.";
   else if (code === 1008) why = "The server closed the connection: too many requests.";
   const wasLost = lost;
   lost = true;

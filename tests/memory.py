@@ -19,7 +19,9 @@ from twisted.test.iosim import FakeTransport, IOPump, connect
 
 from chatroulette.lobby import Clock as LobbyClock
 from chatroulette.lobby import Lobby
-from chatroulette.protocol import ChatServerFactory, Settings, _ClockTimer
+from chatroulette.internals import use_clock
+from chatroulette.protocol import ChatServerFactory
+from chatroulette.settings import Settings
 from chatroulette.web import build_site
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -128,7 +130,7 @@ class MemoryServer:
             f"ws://localhost:8080{path}", headers=headers, origin=origin
         )
         client_factory.protocol = client_class
-        client_factory._batched_timer = _ClockTimer(self.clock)
+        use_clock(client_factory, self.clock)
         client_factory.setProtocolOptions(serverConnectionDropTimeout=0, failByDrop=False)
         if offers is not None:
             client_factory.setProtocolOptions(perMessageCompressionOffers=offers)

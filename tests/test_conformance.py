@@ -1,7 +1,7 @@
 """
 RFC 6455 conformance: the Autobahn TestSuite cases of sections 1-7 and 10,
 run by kosoku against an echo service built with the production WebSocket
-options (L{chatroulette.protocol.websocket_options}) behind the production
+options (L{chatroulette.settings.websocket_options}) behind the production
 HTTP layer (L{chatroulette.web.GuardedSite}, L{ChatWebSocketResource}).
 
 Seven cases send single messages of 64 KiB (1.1.6-1.1.8, 1.2.6-1.2.8,
@@ -28,15 +28,12 @@ from twisted.internet import endpoints, reactor, utils
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
-from chatroulette.fastpath import FastTextFrames, batch_writes, share_options
+from chatroulette.fastpath import FastTextFrames
+from chatroulette.internals import Hooks, cancel_close_timer, share_options, use_clock
 from chatroulette.lobby import Lobby
-from chatroulette.protocol import (
-    ChatServerFactory,
-    Settings,
-    _ClockTimer,
-    cancel_close_timer,
-    websocket_options,
-)
+from chatroulette.outbound import FrameWriter
+from chatroulette.protocol import ChatServerFactory
+from chatroulette.settings import Settings, websocket_options
 from chatroulette.web import ChatWebSocketResource, GuardedSite
 
 SECTIONS = "1.*,2.*,3.*,4.*,5.*,6.*,7.*,10.*"
@@ -81,12 +78,14 @@ class Echo(FastTextFrames):
 
 async def run_suite(settings: Settings) -> dict[str, dict[str, Any]]:
     """Serve an echo with these settings on loopback and run the cases against it."""
-    echo = WebSocketServerFactory(server="chatroulette")
+    echo: Any = WebSocketServerFactory(server="chatroulette")
     echo.protocol = Echo
     echo.setProtocolOptions(**websocket_options(settings))
-    echo._batched_timer = _ClockTimer(reactor)
+    echo.hooks = Hooks.detect()
+    assert echo.hooks.fast, "the conformance run is meant for the fast path"
+    use_clock(echo, reactor)
     share_options(echo)
-    batch_writes(echo, reactor)
+    echo.writer = FrameWriter(reactor, fast=True)
     root = Resource()
     root.putChild(b"echo", ChatWebSocketResource(echo))
     clock: IReactorTime = reactor

@@ -13,7 +13,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatroulette.fastpath import WriteBatcher, text_frame, unmask
+from chatroulette.fastpath import unmask
+from chatroulette.outbound import WriteBatcher, text_frame
 
 from .hostile import masked_frame
 from .memory import MemoryClient, MemoryServer

@@ -15,7 +15,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.lobby import INVITE_LIFETIME, Clock as LobbyClock
-from chatroulette.lobby import Lobby, LobbyError, State
+from chatroulette.lobby import Lobby, State
+from chatroulette.messages import ProtocolError
 
 
 class RecordingPeer:
@@ -141,7 +142,7 @@ class PairingTests(LobbyTestCase):
     def test_message_without_partner(self) -> None:
         """A message with nobody to receive it is refused with not_chatting."""
         a = self.peer("a")
-        with self.assertRaises(LobbyError) as e:
+        with self.assertRaises(ProtocolError) as e:
             self.lobby.message(a, "hello?")
         self.assertEqual(e.exception.code, "not_chatting")
         self.lobby.typing(a, True)  # silently dropped
@@ -433,7 +434,7 @@ class ReportTests(LobbyTestCase):
     def test_report_nobody(self) -> None:
         """Reporting with no partner ever is refused."""
         a = self.peer("a")
-        with self.assertRaises(LobbyError) as e:
+        with self.assertRaises(ProtocolError) as e:
             self.lobby.report(a)
         self.assertEqual(e.exception.code, "not_chatting")
         self.assertEqual(self.lobby.stats.reports, 0)
@@ -455,7 +456,7 @@ class InviteTests(LobbyTestCase):
         a, b, c = self.peer("a"), self.peer("b"), self.peer("c")
         code = self.lobby.create_invite(a)
         self.lobby.find(b, invite=code)
-        with self.assertRaises(LobbyError) as e:
+        with self.assertRaises(ProtocolError) as e:
             self.lobby.find(c, invite=code)
         self.assertEqual(e.exception.code, "invite_invalid")
         self.assertIs(self.lobby.partner_of(a), b)
@@ -467,7 +468,7 @@ class InviteTests(LobbyTestCase):
         self.lobby.find(a)
         self.lobby.find(b)
         b.take()
-        with self.assertRaises(LobbyError):
+        with self.assertRaises(ProtocolError):
             self.lobby.find(a, invite="nope")
         self.assertIs(self.lobby.partner_of(a), b)
         self.assertEqual(b.take(), [])
@@ -476,7 +477,7 @@ class InviteTests(LobbyTestCase):
         """Nobody can join their own invite."""
         a = self.peer("a")
         code = self.lobby.create_invite(a)
-        with self.assertRaises(LobbyError):
+        with self.assertRaises(ProtocolError):
             self.lobby.find(a, invite=code)
         self.assertEqual(self.lobby.state_of(a), State.INVITING)
 
@@ -488,7 +489,7 @@ class InviteTests(LobbyTestCase):
         self.clock.advance(INVITE_LIFETIME)
         self.assertEqual(a.take(), [("invite_expired", code)])
         self.assertEqual(self.lobby.state_of(a), State.IDLE)
-        with self.assertRaises(LobbyError):
+        with self.assertRaises(ProtocolError):
             self.lobby.find(b, invite=code)
 
     def test_leave_cancels_invite(self) -> None:
@@ -496,7 +497,7 @@ class InviteTests(LobbyTestCase):
         a, b = self.peer("a"), self.peer("b")
         code = self.lobby.create_invite(a)
         self.lobby.leave(a)
-        with self.assertRaises(LobbyError):
+        with self.assertRaises(ProtocolError):
             self.lobby.find(b, invite=code)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -576,7 +577,7 @@ class LobbyMachine(RuleBasedStateMachine):
         if peer:
             try:
                 self.lobby.message(peer, "hi")
-            except LobbyError as e:
+            except ProtocolError as e:
                 assert e.code == "not_chatting"
                 assert self.lobby.partner_of(peer) is None
 
@@ -586,7 +587,7 @@ class LobbyMachine(RuleBasedStateMachine):
         if peer:
             try:
                 self.lobby.report(peer)
-            except LobbyError:
+            except ProtocolError:
                 pass
 
     @rule(i=st.integers(0, 10))
@@ -601,7 +602,7 @@ class LobbyMachine(RuleBasedStateMachine):
         if peer and self.codes:
             try:
                 self.lobby.find(peer, invite=self.codes[j % len(self.codes)])
-            except LobbyError as e:
+            except ProtocolError as e:
                 assert e.code == "invite_invalid"
 
     @rule(i=st.integers(0, 10))

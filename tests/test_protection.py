@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.test.iosim import FakeTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.moderation import Moderation
-from chatroulette.protocol import Settings
+from chatroulette.settings import Settings
 from chatroulette.service import ChatService
 
 from .hostile import (
@@ -267,16 +269,23 @@ class DeadPeerTests(ProtectionTestCase):
         self.assertEqual(self.server.lobby.chatting, 2)
 
 
+def transport_producer(server: MemoryServer, client: MemoryClient) -> IPushProducer:
+    """The producer the server registered with a client's transport (what TCP pauses)."""
+    producer = cast(FakeTransport, server_side(server, client).transport).producer
+    assert IPushProducer.providedBy(producer)
+    return producer
+
+
 class SlowReaderTests(ProtectionTestCase):
     settings = Settings(max_buffer_bytes=50_000, message_rate=0)
 
     def test_reader_that_stopped_is_closed(self) -> None:
         """Past max-buffer-bytes queued for a client the transport paused, it is closed 1008."""
         slow, fast = self.server.pair()
-        protocol = server_side(self.server, slow)
+        producer = transport_producer(self.server, slow)
         for _ in range(30):
             # What a TCP transport does on every write once its buffer is full.
-            protocol.pauseProducing()
+            producer.pauseProducing()
             fast.send_json(type="message", text="x" * 2000)
             self.server.flush()
         assert slow.closed is not None
@@ -289,13 +298,13 @@ class SlowReaderTests(ProtectionTestCase):
     def test_reader_that_catches_up_is_kept(self) -> None:
         """A reader that resumes before the limit is not closed, and the count starts over."""
         slow, fast = self.server.pair()
-        protocol = server_side(self.server, slow)
+        producer = transport_producer(self.server, slow)
         for _ in range(3):
-            protocol.pauseProducing()
+            producer.pauseProducing()
             for _ in range(20):
                 fast.send_json(type="message", text="x" * 2000)
             self.server.flush()
-            protocol.resumeProducing()
+            producer.resumeProducing()
         self.assertIsNone(slow.closed)
         self.assertEqual(len(slow.take()), 60)
 

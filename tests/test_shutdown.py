@@ -80,7 +80,10 @@ async def test_clients_told_going_away_and_exit_0(command: list[str], signal: st
         if not process.ended.called:
             transport.signalProcess("KILL")
     # twistd logs text, twist JSON when not on a terminal: either way, one shutdown event.
-    assert re.search(rb"closing 3 connections: going away|\"count\": 3, \"event\": \"shutdown\"", process.output)
+    assert re.search(
+        rb"closing 3 connections: going away|\"count\": 3, \"connections\": \"connections\", \"event\": \"shutdown\"",
+        process.output,
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,339 @@
+"""
+Every use of a private or undocumented attribute of Twisted or Autobahn, in
+one module.
+
+The frame fast path (L{chatroulette.fastpath}), write-through and write
+batching (L{chatroulette.outbound}) and a few savings per connection reach
+into Twisted's TCP transport and Autobahn's protocol state.  Nothing else in
+the package does.  L{self_check} runs at start-up: it builds a real Autobahn
+connection on an in-memory transport and a real Twisted TCP connection on a
+socket pair and checks that every attribute used here still exists with the
+shape this module expects.  If one is missing or has changed, L{FastPath}
+turns itself off with one warning and the service runs on public APIs only:
+slower, equally correct.  C{--no-fast-path} forces the same.
+
+Two hooks are not about speed and stay on whatever the fast path does, each
+only if the self-check found what it needs:
+  - L{send_close_frame}: Autobahn's public C{sendClose} refuses protocol
+    close codes (1001, 1003, 1008); the undocumented C{sendCloseFrame} sends
+    them.  Without it the service closes with 1000 and a reason.
+  - L{graceful_exit}: twistd re-raises SIGTERM after a graceful stop; this
+    clears the recorded signal so the process exits 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, cast
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import abstract, tcp
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+_log = Logger()
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_GROUND = WebSocketProtocol.SEND_STATE_GROUND
+
+
+# Twisted ---------------------------------------------------------------------
+
+
+def is_plain_tcp(transport: object) -> bool:
+    """A server-side TCP connection without TLS: the only kind written through."""
+    return type(transport) is tcp.Server and not transport.TLS
+
+
+def is_aborting(transport: object) -> bool:
+    """Has C{abortConnection} been called (after which nothing may be written)?"""
+    return bool(getattr(transport, "_aborting", False))
+
+
+def write_through(transport: ITransport | None, data: bytes) -> None:
+    """
+    Write C{data} to the socket now when nothing is queued, like asyncio does.
+
+    C{FileDescriptor.write} always buffers and waits for the reactor to report
+    the socket writable: two C{epoll_ctl} calls and a reactor turn per chat
+    message.  For a plain TCP connection (no TLS, not even after C{startTLS})
+    with nothing buffered, try the non-blocking C{send} first and buffer only
+    what the kernel did not take; anything else goes the usual way.  Nothing
+    is written once the connection is being aborted (an abort drops buffered
+    data; so must we).
+    """
+    if transport is None:
+        return
+    if type(transport) is tcp.Server:
+        if transport._aborting:
+            return
+        if (
+            not transport.TLS
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._tempDataLen
+            and not transport.dataBuffer
+        ):
+            try:
+                sent = transport.socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # let Twisted find and report the error its own way
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
+
+
+def graceful_exit(reactor: object) -> None:
+    """
+    twistd and twist re-raise a SIGTERM/SIGINT after the reactor stops, so the
+    process would end "killed by a signal"; after a complete graceful stop,
+    forget the signal so the process exits with status 0.
+    """
+    if hasattr(reactor, "_exitSignal"):
+        setattr(reactor, "_exitSignal", None)
+
+
+# Autobahn --------------------------------------------------------------------
+
+
+def autobahn_idle(protocol: Any) -> bool:
+    """Open, and Autobahn holds no partial frame or message: the fast path may parse."""
+    return (
+        protocol.state == _OPEN
+        and not protocol.data
+        and protocol.current_frame is None
+        and not protocol.inside_message
+    )
+
+
+def autobahn_feed(protocol: Any, data: bytes) -> None:
+    """Hand bytes to Autobahn's own frame parser (below our C{dataReceived})."""
+    protocol._dataReceived(data)
+
+
+def can_send_direct(protocol: Any) -> bool:
+    """No fragmented or synchronous send of Autobahn's is in progress."""
+    return protocol.send_state == _GROUND and not protocol.triggered
+
+
+def send_close_frame(protocol: Any, code: int, reason: str, private: bool) -> None:
+    """
+    Send a close frame with a protocol-level code (1001, 1003, 1008...), or,
+    unless C{private} hooks are allowed, 1000 with the reason.
+    """
+    if private:
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+    else:
+        protocol.sendClose(code=1000, reason=reason)
+
+
+def cancel_close_timer(protocol: Any) -> None:
+    """
+    Autobahn leaves its closing-handshake timer running after the connection
+    is gone (it then does nothing); cancel it so no timer outlives the
+    connection.
+    """
+    call = getattr(protocol, "closeHandshakeTimeoutCall", None)
+    if call is not None:
+        if call.active():
+            call.cancel()
+        protocol.closeHandshakeTimeoutCall = None
+
+
+def drop_handshake_state(protocol: Any) -> None:
+    """
+    The handshake is over: drop what only it needed.  Each connection keeps
+    an empty deque that Autobahn fills only for "sync" or chopped sends,
+    which this server never makes; a tuple makes any such send fail loudly
+    instead of sharing a queue.
+    """
+    protocol.send_queue = ()
+    protocol.http_headers = {}
+    protocol.http_request_data = b""
+    protocol.http_response_data = ""
+
+
+class _ClockTimer:
+    """Autobahn's timer hook on our own clock, so its timeouts follow an injected clock."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+
+    def call_later(self, delay: float, func: Callable[..., object], *args: Any, **kwargs: Any) -> IDelayedCall:
+        return self._clock.callLater(delay, func, *args, **kwargs)
+
+
+def use_clock(factory: Any, clock: IReactorTime) -> None:
+    """
+    Run a factory's Autobahn timers (handshake, close, ping) on C{clock}
+    instead of txaio's global reactor (with the fast path only; the clock is
+    the reactor in production, where the two are the same but for Autobahn's
+    200 ms timer buckets).
+    """
+    factory._batched_timer = _ClockTimer(clock)
+
+
+def share_options(factory: WebSocketServerFactory) -> None:
+    """
+    Make the factory's protocol options class attributes of a protocol class
+    made for this factory, so connections stop copying ~45 options into each
+    instance (Autobahn copies only what an instance lacks).  Call after the
+    last C{setProtocolOptions}.
+    """
+    base = factory.protocol
+    attrs: dict[str, Any] = {}
+    for name in base.CONFIG_ATTRS:
+        value = getattr(factory, name)
+        # A plain function (e.g. perMessageCompressionAccept) must not become a method.
+        attrs[name] = staticmethod(value) if isinstance(value, types.FunctionType) else value
+    attrs["CONFIG_ATTRS"] = ()
+    factory.protocol = cast(Any, type(base.__name__, (base,), attrs))
+
+
+# The self-check ----------------------------------------------------------------
+
+
+_HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def _expect(problems: list[str], what: str, ok: Callable[[], bool]) -> None:
+    try:
+        good = ok()
+    except Exception as e:  # a changed shape may raise anything
+        problems.append(f"{what} ({e.__class__.__name__}: {e})")
+        return
+    if not good:
+        problems.append(what)
+
+
+def _check_autobahn(problems: list[str]) -> None:
+    factory = WebSocketServerFactory()
+    _expect(problems, "WebSocketServerFactory._batched_timer.call_later",
+            lambda: callable(factory._batched_timer.call_later))
+    _expect(problems, "WebSocketServerProtocol.CONFIG_ATTRS names factory options",
+            lambda: all(hasattr(factory, n) for n in WebSocketServerProtocol.CONFIG_ATTRS))
+    # Timers of this probe go to a throw-away clock, never the reactor.
+    factory._batched_timer = _ClockTimer(MemoryReactorClock())
+    factory.setProtocolOptions(autoPingInterval=0)
+    factory.protocol = WebSocketServerProtocol
+    protocol: Any = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(_HANDSHAKE)
+    _expect(problems, "Autobahn completes an in-memory handshake",
+            lambda: protocol.state == _OPEN)
+    if protocol.state != _OPEN:
+        return
+    checks: Iterable[tuple[str, Callable[[], bool]]] = [
+        ("WebSocketProtocol.data is bytes", lambda: protocol.data == b""),
+        ("WebSocketProtocol.current_frame is None when idle", lambda: protocol.current_frame is None),
+        ("WebSocketProtocol.inside_message is a bool", lambda: protocol.inside_message is False),
+        ("WebSocketProtocol.send_state is SEND_STATE_GROUND", lambda: protocol.send_state == _GROUND),
+        ("WebSocketProtocol.triggered is a bool", lambda: protocol.triggered is False),
+        ("WebSocketProtocol._dataReceived is a method", lambda: callable(protocol._dataReceived)),
+        ("WebSocketProtocol.closeHandshakeTimeoutCall exists",
+         lambda: hasattr(protocol, "closeHandshakeTimeoutCall")),
+        ("WebSocketProtocol.send_queue, http_headers, http_request_data, http_response_data",
+         lambda: all(hasattr(protocol, n) for n in
+                     ("send_queue", "http_headers", "http_request_data", "http_response_data"))),
+    ]
+    for what, ok in checks:
+        _expect(problems, what, ok)
+    # A text frame fed below dataReceived arrives as a message.
+    received: list[bytes] = []
+    protocol.onMessage = lambda payload, binary: received.append(payload)
+    frame = b"\x81\x82" + b"\x00\x00\x00\x00" + b"hi"
+    _expect(problems, "WebSocketProtocol._dataReceived parses a frame",
+            lambda: (protocol._dataReceived(frame), received == [b"hi"])[1])
+    _expect(problems, "WebSocketProtocol.sendCloseFrame(code, reasonUtf8, isReply)",
+            lambda: (protocol.sendCloseFrame(code=1008, reasonUtf8=b"x", isReply=False),
+                     transport.value().endswith(b"\x88\x03\x03\xf0x"))[1])
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def _check_twisted(problems: list[str]) -> None:
+    _expect(problems, "FileDescriptor.dataBuffer is bytes",
+            lambda: isinstance(abstract.FileDescriptor.dataBuffer, bytes))
+    _expect(problems, "tcp.Server.TLS and tcp.Server._aborting are bools",
+            lambda: tcp.Server.TLS is False and tcp.Server._aborting is False)
+    one, other = socket.socketpair()
+    try:
+        connection = tcp.Connection(one, None, MemoryReactorClock())  # type: ignore[arg-type]
+        _expect(problems, "FileDescriptor._tempDataLen starts at 0",
+                lambda: connection._tempDataLen == 0)
+        _expect(problems, "tcp.Connection.socket is the socket", lambda: connection.socket is one)
+    finally:
+        one.close()
+        other.close()
+    from twisted.internet import base
+
+    _expect(problems, "ReactorBase._exitSignal", lambda: base.ReactorBase._exitSignal is None)
+
+
+@functools.cache
+def self_check() -> tuple[str, ...]:
+    """What is missing or has changed shape among the private attributes used here (run once)."""
+    problems: list[str] = []
+    _check_twisted(problems)
+    _check_autobahn(problems)
+    return tuple(problems)
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """
+    Which private hooks a server uses.
+
+    C{fast}: the speed hooks (frame fast path, write-through, write batching,
+    shared options, dropped handshake state); C{--no-fast-path} turns them
+    off.  The others are not about speed, and go only if the self-check
+    fails, each to a public fallback: C{clock} (Autobahn's timers on the
+    injected clock, and no closing timer outliving its connection; fallback:
+    txaio's timers on the reactor), C{close_frame} (L{send_close_frame};
+    fallback: close 1000 with the reason) and C{exit_signal}
+    (L{graceful_exit}; fallback: exit "killed by SIGTERM").
+    """
+
+    fast: bool = True
+    clock: bool = True
+    close_frame: bool = True
+    exit_signal: bool = True
+
+    @classmethod
+    def public_only(cls) -> Hooks:
+        return cls(False, False, False, False)
+
+    @classmethod
+    def detect(cls, fast_path: bool = True) -> Hooks:
+        """
+        The hooks this Twisted and Autobahn allow (see L{self_check}), the fast
+        path only if C{fast_path}; one warning per process if the check failed.
+        """
+        global _warned
+        problems = self_check()
+        if problems and not _warned:
+            _warned = True
+            _log.warn(
+                "fast path off: this Twisted or Autobahn differs from the tested versions "
+                "({problems}); serving on public APIs only",
+                problems="; ".join(problems),
+            )
+        if problems:
+            return cls.public_only()
+        return cls(fast=fast_path)
+
+
+_warned = False

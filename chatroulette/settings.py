@@ -1,0 +1,54 @@
+"""The connection-level settings the twistd options describe, and Autobahn's options from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    """WebSocket-level limits and timeouts (the twistd options set these)."""
+
+    max_frame_bytes: int = 32 * 1024
+    open_handshake_timeout: float = 5.0
+    close_handshake_timeout: float = 3.0
+    ping_interval: float = 25.0
+    ping_timeout: float = 10.0
+    log_addresses: bool = True
+    # Per-connection token buckets (requests per second, burst); rate 0 = unlimited.
+    message_rate: float = 5.0
+    message_burst: int = 10
+    typing_rate: float = 10.0
+    typing_burst: int = 20
+    request_rate: float = 2.0
+    request_burst: int = 10
+    # Close a connection that lets this many bytes pile up unread (0 = never).
+    max_buffer_bytes: int = 1024 * 1024
+    # Handshake checks.
+    allowed_origins: tuple[str, ...] = ()
+    max_connections_per_ip: int = 50
+    handshake_rate: float = 20.0
+    handshake_burst: int = 50
+    trust_proxy_headers: bool = False
+    # Use the private-attribute speed hooks (see chatroulette.internals).
+    fast_path: bool = True
+
+
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """
+    The Autobahn protocol options of the chat server, in one place, so the
+    conformance test runs the RFC 6455 test-suite against exactly these.
+    """
+    return dict(
+        failByDrop=False,
+        maxFramePayloadSize=settings.max_frame_bytes,
+        maxMessagePayloadSize=settings.max_frame_bytes,
+        openHandshakeTimeout=settings.open_handshake_timeout,
+        closeHandshakeTimeout=settings.close_handshake_timeout,
+        autoPingInterval=settings.ping_interval,
+        autoPingTimeout=settings.ping_timeout,
+        perMessageCompressionAccept=lambda offers: None,
+        # Origins (including "null") are judged by OriginPolicy in onConnect.
+        allowNullOrigin=True,
+    )
