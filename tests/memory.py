@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, MutableMapping, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -78,7 +79,10 @@ class MemoryServer:
         interest_timeout: float = 10.0,
         repeat_cooldown: float = 30.0,
         seed: int = 0,
+        fast_path: bool | None = None,
     ) -> None:
+        if fast_path is not None:
+            settings = replace(settings, fast_path=fast_path)
         self.clock = Clock()
         self.lobby = Lobby(
             cast(LobbyClock, self.clock),
@@ -159,3 +163,16 @@ class MemoryServer:
         a.take()
         b.take()
         return a, b
+
+
+def also_without_fast_path(namespace: MutableMapping[str, Any]) -> None:
+    """
+    For every C{...Tests} class in a test module's C{namespace} (whose tests
+    build their servers with C{fast_path=self.fast_path}), add a
+    C{...NoFastPathTests} twin that runs the same tests on public APIs only
+    (C{--no-fast-path}).  Call at the end of the module.
+    """
+    for name, value in list(namespace.items()):
+        if isinstance(value, type) and name.endswith("Tests") and getattr(value, "fast_path", None) is True:
+            twin = name[: -len("Tests")] + "NoFastPathTests"
+            namespace[twin] = type(twin, (value,), {"fast_path": False, "__module__": value.__module__})

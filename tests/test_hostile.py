@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator, cast
 
+import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, endpoints, reactor, task
@@ -94,10 +95,16 @@ async def pair(url: str) -> tuple[QueueClient, QueueClient]:
     return a, b
 
 
+@pytest.fixture(params=["fast path", "no fast path"])
+def mode(request: pytest.FixtureRequest) -> list[str]:
+    """Every attack runs against the fast path and against public APIs only (--no-fast-path)."""
+    return [] if request.param == "fast path" else ["--no-fast-path"]
+
+
 @pytest_twisted.async_yield_fixture()
-async def service() -> AsyncIterator[RunningService]:
+async def service(mode: list[str]) -> AsyncIterator[RunningService]:
     running = await RunningService.start(
-        "--handshake-timeout", "2", "--trust-proxy-headers", "--max-connections-per-ip", "3"
+        "--handshake-timeout", "2", "--trust-proxy-headers", "--max-connections-per-ip", "3", *mode
     )
     yield running
     await running.stop()
@@ -237,9 +244,9 @@ async def get(url: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_client_that_never_reads_is_closed() -> None:
+async def test_client_that_never_reads_is_closed(mode: list[str]) -> None:
     """A client that stops reading is closed once its backlog passes --max-buffer-bytes; its partner is told."""
-    running = await RunningService.start("--max-buffer-bytes", "262144", "--message-rate", "0")
+    running = await RunningService.start("--max-buffer-bytes", "262144", "--message-rate", "0", *mode)
     stalled = socket.socket()
     try:
         # A small receive window, and never a recv(): the kernel buffers

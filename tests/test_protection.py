@@ -27,16 +27,17 @@ from .hostile import (
     raw_connect,
     server_side,
 )
-from .memory import MemoryClient, MemoryServer
+from .memory import MemoryClient, MemoryServer, also_without_fast_path
 
 REMOTE = "203.0.113.7"
 
 
 class ProtectionTestCase(SynchronousTestCase):
     settings = Settings()
+    fast_path = True
 
     def setUp(self) -> None:
-        self.server = MemoryServer(self.settings)
+        self.server = MemoryServer(self.settings, fast_path=self.fast_path)
 
     def pair_from(self, a_host: str, b_host: str) -> tuple[MemoryClient, MemoryClient]:
         """Two clients from these addresses, paired through an invite."""
@@ -580,3 +581,6 @@ class FrameLimitTests(ProtectionTestCase):
         a.sendMessage(frame.encode())
         self.server.flush()
         self.assertEqual(b.take(), [{"type": "message", "text": "\U0001f600" * 2000}])
+
+
+also_without_fast_path(globals())

@@ -12,12 +12,14 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from .memory import MemoryServer
+from .memory import MemoryServer, also_without_fast_path
 
 
 class ProtocolTestCase(SynchronousTestCase):
+    fast_path = True
+
     def setUp(self) -> None:
-        self.server = MemoryServer()
+        self.server = MemoryServer(fast_path=self.fast_path)
 
 
 class ChatTests(ProtocolTestCase):
@@ -278,3 +280,6 @@ class UpgradeTests(SynchronousTestCase):
         self.assertEqual(client.types(), ["welcome"])
         self.assertEqual(len(requests), 1)
         self.assertIsNone(requests[0]())
+
+
+also_without_fast_path(globals())
