@@ -197,6 +197,7 @@ def share_options(factory: WebSocketServerFactory) -> None:
         # A plain function (e.g. perMessageCompressionAccept) must not become a method.
         attrs[name] = staticmethod(value) if isinstance(value, types.FunctionType) else value
     attrs["CONFIG_ATTRS"] = ()
+    attrs["__module__"] = base.__module__
     factory.protocol = cast(Any, type(base.__name__, (base,), attrs))
 
 

@@ -5,9 +5,13 @@ export const MAX_INTERESTS = 10;
 export const MAX_INTEREST_CHARS = 32;
 const STORAGE_KEY = "chatroulette.interests";
 
+// Python's whitespace (str.isspace), which the server collapses; JavaScript's
+// \s differs (it has U+FEFF, lacks U+001C-U+001F and U+0085).
+const WHITESPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/g;
+
 /** Trim, lower-case and collapse inner whitespace, as the server does. */
 export function normaliseInterest(raw) {
-  return raw.replace(/\s+/g, " ").trim().toLowerCase();
+  return raw.replace(WHITESPACE, " ").replace(/^ | $/g, "").toLowerCase();
 }
 
 function load() {

@@ -263,12 +263,14 @@ function refusedMessage(code) {
   return true;
 }
 
-const ERROR_TEXT = {
+export const ERROR_TEXT = {
   rate_limited: "You're going a bit fast. Wait a moment and try again.",
   text_too_long: `That message is too long: ${MAX_TEXT_CHARS} characters at most.`,
   not_chatting: "You're not in a chat right now.",
   invite_invalid: "That invite link is invalid, already used, or expired.",
   bad_request: "The server did not accept that.",
+  banned:
+    "Several people reported chats from your connection, so you can't start new chats for a while. Please try again later.",
 };
 
 const events = {

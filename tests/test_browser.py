@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
+from chatroulette import messages
+
 from .browser_support import PageProblems, ServerProcess, launch_chromium
 
 PAIRED = "You're now chatting with a random stranger. Say hi!"
@@ -459,3 +461,55 @@ def test_scrolling_up_is_not_interrupted(open_person: OpenPerson) -> None:
     jump.click()
     expect(newest).to_be_in_viewport()
     expect(jump).to_be_hidden()
+
+
+def test_every_error_code_has_plain_words(open_person: OpenPerson) -> None:
+    """Every error code the server can send (banned included) has the client's own plain-words text."""
+    person = open_person()
+    texts = person.page.evaluate('async () => (await import("/main.js")).ERROR_TEXT')
+    assert set(texts) == set(messages.ERROR_CODES)
+    assert "can't start new chats for a while" in texts["banned"]
+
+
+def test_client_limits_match_the_server(open_person: OpenPerson) -> None:
+    """The limits and the interest normalisation the page applies are the server's own."""
+    person = open_person()
+    client = person.page.evaluate(
+        """async () => {
+            const main = await import("/main.js");
+            const interests = await import("/interests.js");
+            return {
+                MAX_TEXT_CHARS: main.MAX_TEXT_CHARS,
+                MAX_INTERESTS: interests.MAX_INTERESTS,
+                MAX_INTEREST_CHARS: interests.MAX_INTEREST_CHARS,
+            };
+        }"""
+    )
+    assert client == {
+        "MAX_TEXT_CHARS": messages.MAX_TEXT_CHARS,
+        "MAX_INTERESTS": messages.MAX_INTERESTS,
+        "MAX_INTEREST_CHARS": messages.MAX_INTEREST_CHARS,
+    }
+    samples = [
+        "  Music ", "ROCK\tand\nroll", "a\u00a0b", "\u2003jazz\u2003", "\u200bzero\u200bwidth",
+        "\ufeffbom", "\u3164", "\u3000", "ÉCOLE", "İstanbul", "ß", "x" * 40, "  ", "",
+        "emoji \U0001f600 ok", "tab\u000bvt", "\u0085nel", "a\u2028b", "\u180e", "ǅ",
+    ]
+    in_page = person.page.evaluate(
+        """async (samples) => {
+            const { normaliseInterest, MAX_INTEREST_CHARS } = await import("/interests.js");
+            return samples.map((raw) => {
+                const interest = normaliseInterest(raw);
+                const n = [...interest].length;
+                return n >= 1 && n <= MAX_INTEREST_CHARS ? interest : null;
+            });
+        }""",
+        samples,
+    )
+    on_server: list[str | None] = []
+    for raw in samples:
+        try:
+            on_server.append(messages.normalise_interest(raw))
+        except messages.ProtocolError:
+            on_server.append(None)
+    assert dict(zip(samples, in_page)) == dict(zip(samples, on_server))
