@@ -3,7 +3,7 @@ A fast path through Autobahn for the frames a chat server sees most.
 
 Almost every frame a chat client sends is one small, complete, masked text
 frame.  Autobahn handles every case of RFC 6455 in one general state machine
-that costs tens of microseconds per frame in Python.  L{FastTextFrames}
+that is costly per frame in Python (benchmarks/RESULTS.md).  L{FastTextFrames}
 handles just the common case itself and hands everything else (control
 frames, fragments, partial frames, extended lengths, anything unusual or
 invalid) to Autobahn unchanged, so Autobahn still decides every error and

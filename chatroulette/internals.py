@@ -5,20 +5,19 @@ one module.
 The frame fast path (L{chatroulette.fastpath}), write-through and write
 batching (L{chatroulette.outbound}) and a few savings per connection reach
 into Twisted's TCP transport and Autobahn's protocol state.  Nothing else in
-the package does.  L{self_check} runs at start-up: it builds a real Autobahn
-connection on an in-memory transport and a real Twisted TCP connection on a
-socket pair and checks that every attribute used here still exists with the
-shape this module expects.  If one is missing or has changed, L{FastPath}
-turns itself off with one warning and the service runs on public APIs only:
-slower, equally correct.  C{--no-fast-path} forces the same.
+the package does.  L{self_check} runs once at start-up: it builds a real
+Autobahn connection on an in-memory transport and a real Twisted TCP
+connection on a socket pair and checks that every attribute used here still
+exists with the shape this module expects.  If one is missing or has
+changed, L{Hooks.detect} turns every hook off with one warning and the
+service runs on public APIs only: slower, equally correct.
 
-Two hooks are not about speed and stay on whatever the fast path does, each
-only if the self-check found what it needs:
-  - L{send_close_frame}: Autobahn's public C{sendClose} refuses protocol
-    close codes (1001, 1003, 1008); the undocumented C{sendCloseFrame} sends
-    them.  Without it the service closes with 1000 and a reason.
-  - L{graceful_exit}: twistd re-raises SIGTERM after a graceful stop; this
-    clears the recorded signal so the process exits 0.
+C{--no-fast-path} turns off the speed hooks (L{Hooks.fast}).  Three hooks
+are not about speed and stay on unless the self-check fails, each with a
+public fallback: Autobahn's timers on the injected clock (L{use_clock},
+L{cancel_close_timer}), protocol close codes (L{send_close_frame}; Autobahn's
+public C{sendClose} refuses 1001, 1003 and 1008) and exit status 0 after a
+graceful stop (L{graceful_exit}).
 """
 
 from __future__ import annotations
@@ -186,7 +185,7 @@ def use_clock(factory: Any, clock: IReactorTime) -> None:
 def share_options(factory: WebSocketServerFactory) -> None:
     """
     Make the factory's protocol options class attributes of a protocol class
-    made for this factory, so connections stop copying ~45 options into each
+    made for this factory, so connections stop copying every option into each
     instance (Autobahn copies only what an instance lacks).  Call after the
     last C{setProtocolOptions}.
     """

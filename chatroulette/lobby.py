@@ -467,7 +467,7 @@ class Lobby:
         avoid = client.avoid
         blocked = _FOREVER
         # One draw per probe: random() * total is uniform to within 2**-53 per
-        # waiter, and costs a third of randrange()'s rejection sampling.
+        # waiter, and is cheaper than randrange()'s rejection sampling.
         draw = self._rng.random
         for _ in range(min(total, _PROBES)):
             n = int(draw() * total)

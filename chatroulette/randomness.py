@@ -5,8 +5,8 @@ Partner choice and chat ids should not be predictable from what a client can
 observe (a Mersenne Twister's state can be rebuilt from 624 consecutive
 32-bit outputs, and chat ids are output), so the lobby draws from the kernel's
 generator, as C{random.SystemRandom} does.  But C{SystemRandom} makes one
-C{getrandom()} call per draw, several per pairing: about a quarter of the
-lobby's own cost per pairing at churn rates (2-4 us).  L{BlockSystemRandom}
+C{getrandom()} call per draw, several per pairing, a measurable share of
+the lobby's cost per pairing (benchmarks/RESULTS.md).  L{BlockSystemRandom}
 reads the same kernel generator a block at a time and hands out 64-bit words
 of it.
 """
