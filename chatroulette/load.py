@@ -37,11 +37,11 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS, platformTrust
 
+from .limits import TokenBucket
 from .loadstats import (
     Ledger,
     Progress,
     Report,
-    TokenBucket,
     count_errors,
     encode_probe,
     format_report,
@@ -90,6 +90,14 @@ class ClientConfig:
     """Seconds to wait at the end for messages still in flight."""
     progress: Callable[[Progress], None] | None = None
     progress_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_rate", "max_request_rate"):
+            rate = getattr(self, name)
+            if rate is not None and not rate > 0:
+                raise ValueError(f"{name} must be above 0 (None: no client-side limit), not {rate}")
+        if not self.burst >= 1:
+            raise ValueError(f"burst must be at least 1, not {self.burst}")
 
 
 class LoadClient(WebSocketClientProtocol):
