@@ -1,20 +1,25 @@
 """
 The load tool's pure parts: probe texts, the delivery ledger, percentiles,
-the report and its verdict, the pacing options and the command line.  No
-reactor, no network.  (The token bucket that paces the clients is the
-server's own, tested in test_limits.)
+the report and its verdict, the pacing options, the command line, and the
+package layout (the server never imports the load tool).  No reactor, no
+network.  (The token bucket that paces the clients is the server's own,
+tested in test_limits.)
 """
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatroulette.load import DEFAULT_MAX_RATE, ClientConfig, build_parser, config_from_args
-from chatroulette.loadstats import (
+from chatroulette.load import ClientConfig
+from chatroulette.load.cli import build_parser, config_from_args
+from chatroulette.load.client import DEFAULT_MAX_RATE
+from chatroulette.load.stats import (
     Ledger,
     Progress,
     Report,
@@ -242,3 +247,45 @@ class CommandLineTests(SynchronousTestCase):
             self.assertRaises(ValueError, config_from_args, parsed, None)
         self.assertRaises(ValueError, ClientConfig, max_rate=0.0)
         self.assertEqual(ClientConfig(max_rate=None, max_request_rate=None).max_rate, None)
+
+
+def imported_modules(source: str, package: str) -> set[str]:
+    """The absolute names of the modules (and C{from} imports) a module of C{package} imports."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[: len(base) - node.level + 1]
+            module = ".".join(base + ([node.module] if node.module else [])) if node.level else str(node.module)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+class LayoutTests(SynchronousTestCase):
+    """The load tool is a client of the server, never a part of it."""
+
+    def test_imported_modules(self) -> None:
+        """The helper resolves absolute and relative imports, including C{from . import x}."""
+        source = "import a.b\nfrom . import load\nfrom .load.stats import Report\nfrom x import y\n"
+        self.assertEqual(
+            imported_modules(source, "chatroulette"),
+            {"a.b", "chatroulette", "chatroulette.load", "chatroulette.load.stats",
+             "chatroulette.load.stats.Report", "x", "x.y"},
+        )
+
+    def test_server_does_not_import_the_load_tool(self) -> None:
+        """No server module (nor the twistd plugin) imports chatroulette.load."""
+        root = Path(__file__).resolve().parent.parent
+        sources = [(path, "chatroulette") for path in (root / "chatroulette").glob("*.py")]
+        sources.append((root / "twisted" / "plugins" / "chatroulette_plugin.py", "twisted.plugins"))
+        self.assertIn((root / "chatroulette" / "tap.py", "chatroulette"), sources)
+        for path, package in sources:
+            for name in imported_modules(path.read_text(), package):
+                self.assertFalse(
+                    name == "chatroulette.load" or name.startswith("chatroulette.load."),
+                    f"{path.name} imports {name}",
+                )

@@ -3,7 +3,7 @@ The load tool's bookkeeping, without I/O: probe texts, delivery accounting,
 percentiles, the report and its rendering.
 
 Nothing here imports Twisted or Autobahn; time is always passed in.  The
-network side is L{chatroulette.load}.
+network side is L{chatroulette.load.client} and L{chatroulette.load.scenarios}.
 
 How messages are tracked: every chat message the tool sends is a I{probe},
 C{"<sender>:<seq>:<sent-at>:"} padded with C{x} to the wanted size.  Sender
