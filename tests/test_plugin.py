@@ -4,6 +4,7 @@ The twistd plugin: found, documented, validating, and working when installed.
 
 from __future__ import annotations
 
+import configparser
 import functools
 import os
 import shutil
@@ -18,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -255,6 +258,30 @@ class InstalledTests(SynchronousTestCase):
                     raise
                 time.sleep(0.1)  # polling for the server to listen, not synchronisation
         self.assertIn(b"<html", page.lower())
+
+
+class ConstraintsTests(SynchronousTestCase):
+    def test_every_requirement_pinned(self) -> None:
+        """constraints.txt pins each requirement of setup.cfg (with the test extra) within its bounds."""
+        config = configparser.ConfigParser()
+        config.read(ROOT / "setup.cfg")
+        requirements = [
+            Requirement(line)
+            for text in (config["options"]["install_requires"], config["options.extras_require"]["test"])
+            for line in text.splitlines()
+            if line.strip()
+        ]
+        pins: dict[str, str] = {}
+        for line in (ROOT / "constraints.txt").read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, _, version = line.partition("==")
+                self.assertTrue(version, f"{line!r} is not a pin (name==version)")
+                pins[canonicalize_name(name)] = version.strip()
+        self.assertIn("twisted", pins)
+        for requirement in requirements:
+            pinned = pins.get(canonicalize_name(requirement.name))
+            self.assertIsNotNone(pinned, f"{requirement.name} is not in constraints.txt")
+            self.assertIn(pinned, requirement.specifier, f"the pin of {requirement.name} is outside setup.cfg's bounds")
 
 
 class TypeCheckTests(SynchronousTestCase):
