@@ -44,7 +44,6 @@ _MESSAGE_PREFIX = b'{"type":"message","text":"'
 now = time.monotonic
 
 
-
 @dataclass(frozen=True)
 class ClientConfig:
     """How the load clients connect and pace themselves (shared by all scenarios)."""
