@@ -25,11 +25,16 @@ class TokenBucket:
     rate, so a client that is only a little too fast is refused now and then,
     while one that keeps flooding piles up strikes: L{flooding} tells the
     caller to close it.  O(1) and allocation-free apart from floats.
+
+    The server refuses with it (L{take}, L{flooding}); the load tool also
+    paces itself with it (L{delay}: when to try again).
     """
 
     __slots__ = ("rate", "burst", "tokens", "strikes", "stamp")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
+        if not (rate > 0 and burst >= 1):
+            raise ValueError(f"a token bucket needs rate > 0 and burst >= 1, not {rate} and {burst}")
         self.rate = rate
         self.burst = burst
         self.tokens = burst
@@ -60,6 +65,15 @@ class TokenBucket:
         burst sent within the time the bucket takes to refill.
         """
         return self.strikes >= 2 * self.burst
+
+    def delay(self, now: float) -> float:
+        """
+        Seconds from C{now} until L{take} would succeed: 0 when a token is
+        there now.  Changes nothing (no refill, no strike).
+        """
+        elapsed = now - self.stamp
+        tokens = self.tokens + elapsed * self.rate if elapsed > 0 else self.tokens
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
 
     def full_at(self, now: float) -> bool:
         """Would the bucket be full (and forgotten without loss) at C{now}?"""

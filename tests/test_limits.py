@@ -5,6 +5,8 @@ per-address accounting.
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.limits import (
@@ -49,6 +51,62 @@ class TokenBucketTests(SynchronousTestCase):
             self.assertFalse(bucket.flooding)
         self.assertLess(accepted, 600)
         self.assertGreater(accepted, 490)
+
+    def test_delay(self) -> None:
+        """delay() is 0 while a token is there, else the time until the next one refills."""
+        bucket = TokenBucket(4, 2, now=0.0)
+        self.assertEqual(bucket.delay(0.0), 0.0)
+        bucket.take(0.0)
+        bucket.take(0.0)
+        self.assertEqual(bucket.delay(0.0), 0.25)
+        self.assertAlmostEqual(bucket.delay(0.1), 0.15)
+        self.assertEqual(bucket.delay(0.25), 0.0)
+        self.assertTrue(bucket.take(0.25))
+
+    def test_delay_changes_nothing(self) -> None:
+        """Asking for the delay neither refills the bucket nor counts a strike."""
+        bucket = TokenBucket(4, 2, now=0.0)
+        bucket.take(0.0)
+        bucket.take(0.0)
+        before = (bucket.tokens, bucket.strikes, bucket.stamp)
+        for now in (0.0, 0.1, 10.0):
+            bucket.delay(now)
+        self.assertEqual((bucket.tokens, bucket.strikes, bucket.stamp), before)
+
+    @given(
+        st.floats(0.1, 100),
+        st.integers(1, 20),
+        st.lists(st.floats(0, 2), min_size=1, max_size=50),
+    )
+    def test_delay_agrees_with_take(self, rate: float, burst: int, gaps: list[float]) -> None:
+        """At any moment, delay() is 0 exactly when take() succeeds."""
+        bucket = TokenBucket(rate, burst, now=0.0)
+        now = 0.0
+        for gap in gaps:
+            now += gap
+            waiting = bucket.delay(now)
+            self.assertGreaterEqual(waiting, 0.0)
+            self.assertEqual(waiting == 0.0, bucket.take(now))
+
+    def test_paced_sender_is_never_refused(self) -> None:
+        """A sender that waits delay() before each send gets rate * time + burst, never a strike."""
+        bucket = TokenBucket(4, 5, now=0.0)
+        now, sent = 0.0, 0
+        while now < 10.0:
+            waiting = bucket.delay(now)
+            if waiting:
+                now += waiting
+                continue
+            self.assertTrue(bucket.take(now))
+            sent += 1
+        self.assertEqual(bucket.strikes, 0)
+        self.assertLessEqual(sent, 4 * 10 + 5 + 1)
+        self.assertGreaterEqual(sent, 4 * 10 + 5 - 1)
+
+    def test_invalid(self) -> None:
+        """A bucket needs a positive rate and room for at least one token."""
+        for rate, burst in [(0, 10), (-1, 10), (float("nan"), 10), (5, 0), (5, 0.5)]:
+            self.assertRaises(ValueError, TokenBucket, rate, burst, 0.0)
 
     def test_full_at(self) -> None:
         """A bucket knows when it will be full again (and can be forgotten)."""

@@ -24,8 +24,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from chatroulette.load import ClientConfig, run_churn, run_relay, run_soak
-from chatroulette.loadstats import Report
+from chatroulette.load import ClientConfig, Report, run_churn, run_relay, run_soak
 
 from .certs import make_certificate
 from .loopback import RunningService

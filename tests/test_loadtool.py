@@ -1,24 +1,29 @@
 """
 The load tool's pure parts: probe texts, the delivery ledger, percentiles,
-the report and its verdict, client-side pacing and the command line.  No
-reactor, no network.
+the report and its verdict, the pacing options, the command line, and the
+package layout (the server never imports the load tool).  No reactor, no
+network.  (The token bucket that paces the clients is the server's own,
+tested in test_limits.)
 """
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatroulette.load import DEFAULT_MAX_RATE, build_parser, config_from_args
-from chatroulette.loadstats import (
+from chatroulette.load import ClientConfig
+from chatroulette.load.cli import build_parser, config_from_args
+from chatroulette.load.client import DEFAULT_MAX_RATE
+from chatroulette.load.stats import (
     Ledger,
     Progress,
     Report,
     Summary,
-    TokenBucket,
     count_errors,
     decode_probe,
     encode_probe,
@@ -205,36 +210,6 @@ class ReportTests(SynchronousTestCase):
             self.assertIn(part, line)
 
 
-class TokenBucketTests(SynchronousTestCase):
-    """Client-side pacing."""
-
-    def test_burst_then_rate(self) -> None:
-        """A burst goes out at once; then one token per 1/rate seconds."""
-        bucket = TokenBucket(rate=4.0, burst=2, now=0.0)
-        self.assertTrue(bucket.take(0.0))
-        self.assertTrue(bucket.take(0.0))
-        self.assertFalse(bucket.take(0.0))
-        self.assertAlmostEqual(bucket.delay(0.0), 0.25)
-        self.assertTrue(bucket.take(0.25))
-        self.assertFalse(bucket.take(0.3))
-
-    def test_never_above_rate(self) -> None:
-        """Over a long run a greedy sender gets at most rate * time + burst tokens."""
-        bucket = TokenBucket(rate=4.0, burst=5, now=0.0)
-        t, sent = 0.0, 0
-        while t < 10.0:
-            if bucket.take(t):
-                sent += 1
-            t += 0.001
-        self.assertLessEqual(sent, 4 * 10 + 5)
-        self.assertGreaterEqual(sent, 4 * 10)
-
-    def test_invalid(self) -> None:
-        """A bucket needs a positive rate and room for one token."""
-        self.assertRaises(ValueError, TokenBucket, 0.0, 1, 0.0)
-        self.assertRaises(ValueError, TokenBucket, 1.0, 0.5, 0.0)
-
-
 class CommandLineTests(SynchronousTestCase):
     """Argument parsing."""
 
@@ -264,3 +239,53 @@ class CommandLineTests(SynchronousTestCase):
         """Message sizes the server would refuse are rejected up front."""
         args = build_parser().parse_args(["relay", "ws://h/ws", "--size", "2001"])
         self.assertRaises(ValueError, config_from_args, args, None)
+
+    def test_bad_pacing(self) -> None:
+        """Rates of 0 or below and bursts under 1 are refused before any connection."""
+        for args in (["--max-rate", "0"], ["--max-request-rate", "-1"], ["--burst", "0.5"]):
+            parsed = build_parser().parse_args(["relay", "ws://h/ws", *args])
+            self.assertRaises(ValueError, config_from_args, parsed, None)
+        self.assertRaises(ValueError, ClientConfig, max_rate=0.0)
+        self.assertEqual(ClientConfig(max_rate=None, max_request_rate=None).max_rate, None)
+
+
+def imported_modules(source: str, package: str) -> set[str]:
+    """The absolute names of the modules (and C{from} imports) a module of C{package} imports."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[: len(base) - node.level + 1]
+            module = ".".join(base + ([node.module] if node.module else [])) if node.level else str(node.module)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+class LayoutTests(SynchronousTestCase):
+    """The load tool is a client of the server, never a part of it."""
+
+    def test_imported_modules(self) -> None:
+        """The helper resolves absolute and relative imports, including C{from . import x}."""
+        source = "import a.b\nfrom . import load\nfrom .load.stats import Report\nfrom x import y\n"
+        self.assertEqual(
+            imported_modules(source, "chatroulette"),
+            {"a.b", "chatroulette", "chatroulette.load", "chatroulette.load.stats",
+             "chatroulette.load.stats.Report", "x", "x.y"},
+        )
+
+    def test_server_does_not_import_the_load_tool(self) -> None:
+        """No server module (nor the twistd plugin) imports chatroulette.load."""
+        root = Path(__file__).resolve().parent.parent
+        sources = [(path, "chatroulette") for path in (root / "chatroulette").glob("*.py")]
+        sources.append((root / "twisted" / "plugins" / "chatroulette_plugin.py", "twisted.plugins"))
+        self.assertIn((root / "chatroulette" / "tap.py", "chatroulette"), sources)
+        for path, package in sources:
+            for name in imported_modules(path.read_text(), package):
+                self.assertFalse(
+                    name == "chatroulette.load" or name.startswith("chatroulette.load."),
+                    f"{path.name} imports {name}",
+                )

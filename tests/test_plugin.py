@@ -4,15 +4,23 @@ The twistd plugin: found, documented, validating, and working when installed.
 
 from __future__ import annotations
 
+import configparser
+import functools
 import os
+import shutil
+import site
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -98,28 +106,142 @@ class OptionsTests(SynchronousTestCase):
         self.assertNotIn("Traceback", output)
 
 
+# What a build must not pick up from a working tree: virtualenvs, earlier
+# builds (setuptools ships whatever is left in build/lib) and caches.
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git", "build", "dist", "*.egg-info", "__pycache__", "_trial_temp*", ".mypy_cache",
+    ".pytest_cache", ".hypothesis", "node_modules", "dropin.cache",
+)
+
+
+def _copy_source(directory: str, names: list[str]) -> set[str]:
+    """What to leave out when copying the checkout: the patterns above, and any virtualenv."""
+    skip = set(_NOT_SOURCE(directory, names))
+    return skip | {name for name in names if os.path.isfile(os.path.join(directory, name, "pyvenv.cfg"))}
+
+
+@dataclass(frozen=True)
+class Installation:
+    """The package installed into a scratch virtualenv, and how to run things there."""
+
+    python: Path
+    bin: Path
+    site_packages: Path
+    elsewhere: Path
+    """An empty directory: commands run from here, far from the checkout."""
+    env: dict[str, str]
+    keep: tempfile.TemporaryDirectory[str]
+
+    def run(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(arg) for arg in args], cwd=self.elsewhere, env=self.env, capture_output=True, text=True, timeout=120
+        )
+
+
+def pip(*args: str | Path) -> None:
+    """Run this environment's pip; its output only when it fails."""
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if result.returncode:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
+
+
+@functools.cache
+def installation() -> Installation:
+    """
+    Install the checkout, not editable, into a new virtualenv (once, shared by
+    the tests below), in the two steps of C{pip install .}: build a wheel,
+    install it.  Offline: the wheel is built here, from a clean copy of the
+    checkout, with this environment's setuptools (no build isolation, which
+    would download one; the test extra installs it); it is installed without
+    dependencies, and the virtualenv then sees this environment's
+    site-packages, after its own, through a C{.pth} file.  So a module or data
+    file that setup.cfg leaves out is missing there.
+    """
+    keep = tempfile.TemporaryDirectory(prefix="chatroulette-install-")
+    scratch = Path(keep.name)
+    shutil.copytree(ROOT, scratch / "source", ignore=_copy_source)
+    venv = scratch / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    wheels = scratch / "wheel"
+    pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", wheels, scratch / "source")
+    pip("--python", python, "install", "--no-deps", "--no-index", *wheels.glob("chatroulette-*.whl"))
+    site_packages = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout.strip()
+    )
+    dependencies = "".join(f"import site; site.addsitedir({path!r})\n" for path in site.getsitepackages())
+    (site_packages / "_test_dependencies.pth").write_text(dependencies)
+    elsewhere = scratch / "elsewhere"
+    elsewhere.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
+    return Installation(python, venv / "bin", site_packages, elsewhere, env, keep)
+
+
 class InstalledTests(SynchronousTestCase):
+    """A plain, non-editable install into a fresh virtualenv carries every module and data file."""
+
+    def test_installed_package_is_the_one_used(self) -> None:
+        """The scratch virtualenv imports chatroulette from its own install, not from the checkout."""
+        installed = installation()
+        result = installed.run(installed.python, "-c", "import chatroulette.load.cli; print(chatroulette.__file__)")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(Path(result.stdout.strip()).parent, installed.site_packages / "chatroulette")
+
+    def test_installed_every_file(self) -> None:
+        """Every module and data file of the package, the client and the plugin file are installed."""
+        installed = installation()
+        expected = {
+            ROOT / "chatroulette": installed.site_packages / "chatroulette",
+            ROOT / "static": installed.site_packages / "chatroulette" / "static",
+            ROOT / "twisted" / "plugins": installed.site_packages / "twisted" / "plugins",
+        }
+        checked, missing = [], []
+        for source, target in expected.items():
+            for path in source.rglob("*"):
+                if path.is_dir() or "__pycache__" in path.parts or path.name == "dropin.cache":
+                    continue
+                checked.append(path.relative_to(ROOT).as_posix())
+                if not (target / path.relative_to(source)).is_file():
+                    missing.append(checked[-1])
+        self.assertIn("chatroulette/load/cli.py", checked)
+        self.assertEqual(missing, [])
+
+    def test_installed_load_tool(self) -> None:
+        """The chatroulette-load console script and python -m chatroulette.load work from anywhere."""
+        installed = installation()
+        script = installed.run(installed.bin / "chatroulette-load", "--help")
+        self.assertEqual(script.returncode, 0, script.stderr)
+        self.assertIn("usage: chatroulette-load", script.stdout)
+        for scenario in ("relay", "churn", "soak"):
+            self.assertIn(scenario, script.stdout)
+        module = installed.run(installed.python, "-m", "chatroulette.load", "relay", "--help")
+        self.assertEqual(module.returncode, 0, module.stderr)
+        self.assertIn("--pairs", module.stdout)
+        self.assertIn("--max-rate", module.stdout)
+
+    def test_installed_plugin(self) -> None:
+        """twistd finds the installed plugin and lists its options, run from anywhere."""
+        installed = installation()
+        self.assertTrue((installed.site_packages / "twisted" / "plugins" / "chatroulette_plugin.py").is_file())
+        twistd = Path(sysconfig.get_path("scripts")) / "twistd"
+        result = installed.run(installed.python, twistd, "chatroulette", "--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for option in ["--listen", "--static", "--interest-timeout", "--repeat-cooldown"]:
+            self.assertIn(option, result.stdout)
+
     def test_installed_package_serves_client(self) -> None:
         """A plain (non-editable) install runs from any directory and serves the client."""
-        scratch = tempfile.TemporaryDirectory()
-        self.addCleanup(scratch.cleanup)
-        target = Path(scratch.name) / "site"
-        workdir = Path(scratch.name) / "elsewhere"
-        workdir.mkdir()
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        self.assertTrue((target / "chatroulette" / "static" / "index.html").is_file())
-        self.assertTrue((target / "twisted" / "plugins" / "chatroulette_plugin.py").is_file())
+        installed = installation()
+        self.assertTrue((installed.site_packages / "chatroulette" / "static" / "index.html").is_file())
         port = free_port()
-        env = dict(os.environ, PYTHONPATH=str(target))
         server = subprocess.Popen(
-            [sys.executable, "-m", "twisted", "chatroulette", "--listen", f"tcp:{port}:interface=127.0.0.1"],
-            cwd=workdir,
-            env=env,
+            [str(installed.python), "-m", "twisted", "chatroulette", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            cwd=installed.elsewhere,
+            env=installed.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -136,6 +258,30 @@ class InstalledTests(SynchronousTestCase):
                     raise
                 time.sleep(0.1)  # polling for the server to listen, not synchronisation
         self.assertIn(b"<html", page.lower())
+
+
+class ConstraintsTests(SynchronousTestCase):
+    def test_every_requirement_pinned(self) -> None:
+        """constraints.txt pins each requirement of setup.cfg (with the test extra) within its bounds."""
+        config = configparser.ConfigParser()
+        config.read(ROOT / "setup.cfg")
+        requirements = [
+            Requirement(line)
+            for text in (config["options"]["install_requires"], config["options.extras_require"]["test"])
+            for line in text.splitlines()
+            if line.strip()
+        ]
+        pins: dict[str, str] = {}
+        for line in (ROOT / "constraints.txt").read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, _, version = line.partition("==")
+                self.assertTrue(version, f"{line!r} is not a pin (name==version)")
+                pins[canonicalize_name(name)] = version.strip()
+        self.assertIn("twisted", pins)
+        for requirement in requirements:
+            pinned = pins.get(canonicalize_name(requirement.name))
+            self.assertIsNotNone(pinned, f"{requirement.name} is not in constraints.txt")
+            self.assertIn(pinned, requirement.specifier, f"the pin of {requirement.name} is outside setup.cfg's bounds")
 
 
 class TypeCheckTests(SynchronousTestCase):

@@ -3,7 +3,7 @@ The load tool's bookkeeping, without I/O: probe texts, delivery accounting,
 percentiles, the report and its rendering.
 
 Nothing here imports Twisted or Autobahn; time is always passed in.  The
-network side is L{chatroulette.load}.
+network side is L{chatroulette.load.client} and L{chatroulette.load.scenarios}.
 
 How messages are tracked: every chat message the tool sends is a I{probe},
 C{"<sender>:<seq>:<sent-at>:"} padded with C{x} to the wanted size.  Sender
@@ -266,36 +266,3 @@ class Progress:
             f"{self.elapsed:6.1f}s  connected {self.connected}  paired {self.paired}  "
             f"delivered {self.delivered}  {self.msgs_per_s:.0f} msg/s  errors {self.errors}"
         )
-
-
-class TokenBucket:
-    """
-    Client-side pacing under a server's per-connection rate limit: C{rate}
-    tokens a second, at most C{burst} saved up.  Time is passed in.
-    """
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
-        self.rate = rate
-        self.burst = burst
-        self._tokens = burst
-        self._at = now
-
-    def _refill(self, now: float) -> None:
-        if now > self._at:
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-            self._at = now
-
-    def delay(self, now: float) -> float:
-        """Seconds until one token is available (0 when one is available now)."""
-        self._refill(now)
-        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
-
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one."""
-        self._refill(now)
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
