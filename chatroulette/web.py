@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator, cast
+from typing import Any, Callable, Iterator, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from twisted.internet.interfaces import IDelayedCall, IProtocol, ITCPTransport
+from twisted.internet import tcp
+from twisted.internet.interfaces import IDelayedCall, ILoggingContext, IProtocol, ITCPTransport, ITransport
+from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, combinedLogFormatter
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
+from zope.interface import implementer
 
 from .messages import ERROR_CODES
 from .protocol import ChatServerFactory
@@ -65,6 +68,16 @@ class StaticFiles(File):
 
     def directoryListing(self) -> Resource:
         return self.forbidden
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        # A path segment that is not UTF-8 (GET /%ff) is simply not found;
+        # static.File would also log a traceback for it.
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
+            return cast(Resource, self.childNotFound)
+        child: Resource = super().getChild(path, request)
+        return child
 
 
 class ChatWebSocketResource(WebSocketResource):
@@ -291,23 +304,106 @@ class GuardedChannel(HTTPChannel):
         self.loseConnection()
 
 
+def _log_field(value: bytes) -> str:
+    """A request field as the access log shows it: printable ASCII, escapes for the rest."""
+    return value.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+@implementer(ILogObserver)
+class _PortLog:
+    """
+    The observer of a listening port's own log events, which passes them on
+    with any C{address} field (the EMFILE recovery lines name each socket
+    closed unanswered) labelled like every other address in the logs.
+    """
+
+    def __init__(self, label: Callable[[str], str], observer: ILogObserver) -> None:
+        self._label = label
+        self._observer = observer
+
+    def __call__(self, event: LogEvent) -> None:
+        address = event.get("address")
+        if isinstance(address, tuple) and address:
+            event = dict(event, address=self._label(str(address[0])))
+        self._observer(event)
+
+
+def _unname_connection(transport: ITransport | None, label: Callable[[str], str]) -> None:
+    """
+    Keep the client's address out of the log lines Twisted writes about a
+    TCP connection and its listening port (see L{ChannelProtocol}).
+    """
+    while transport is not None and not isinstance(transport, tcp.Server):
+        transport = getattr(transport, "transport", None)  # under TLS: the TCP connection
+    if transport is None:
+        return
+    # tcp.Server.logstr is "<protocol's logPrefix>,<session>,<client address>",
+    # set when the connection is accepted, before the protocol hears of it.
+    host = str(getattr(transport.getPeer(), "host", ""))
+    prefix = transport.logstr.rsplit(",", 1)[0]
+    hashed = label(host)
+    transport.logstr = prefix if hashed == "-" else f"{prefix},{hashed}"
+    port = transport.server
+    # The port logs through its class's private Logger, in
+    # twisted.internet.tcp.Port.doRead (EMFILE recovery); give this port one
+    # of its own, once, that labels addresses.  This is the only private
+    # attribute of Twisted's set here.
+    if port is not None and not isinstance(port._logger.observer, _PortLog):
+        logger = port._logger
+        port._logger = Logger(logger.namespace, observer=_PortLog(label, logger.observer))
+
+
+@implementer(ILoggingContext)
+class ChannelProtocol(_GenericHTTPChannelProtocol):
+    """
+    Twisted's HTTP protocol (the wrapper that L{Site} connections use), with
+    a log context that never shows the client's address.
+
+    Twisted tags every legacy log line written while it handles a connection
+    (an unhandled error, static.File's complaints, the reactor's "Unhandled
+    Error") with the TCP transport's log prefix, which ends with the client's
+    address; and a listening port's EMFILE recovery lines name the address
+    of each connection it closes.  Both show the address labelled as
+    C{--log-addresses} says (hashed, or not at all) instead.  This also holds
+    once a WebSocket has taken over the connection.
+    """
+
+    def logPrefix(self) -> str:
+        return "HTTPChannel"
+
+    def makeConnection(self, transport: ITransport) -> None:
+        _unname_connection(transport, self.site.chat.address_label)
+        super().makeConnection(transport)
+
+
 class GuardedSite(Site):
     """A C{Site} whose connections are L{GuardedChannel}s, timed on the chat factory's clock."""
 
     def __init__(self, root: Resource, chat: ChatServerFactory, **kwargs: Any) -> None:
         def access_log(timestamp: str, request: Request) -> str:
             # The combined log format, with the address hashed or dropped
-            # (--log-addresses) instead of in the clear.
-            line: str = combinedLogFormatter(timestamp, request)
+            # (--log-addresses) instead of in the clear.  Without addresses
+            # the line keeps no more of the request than its path: no query
+            # string, Referer or User-Agent, which can identify a person too.
             host = str(getattr(request.getClientAddress(), "host", "-"))
-            return f'"{chat.address_label(host)}"' + line[line.index('"', 1) + 1 :]
+            if chat.settings.log_addresses:
+                target = request.uri
+                referrer = request.getHeader(b"referer") or b"-"
+                agent = request.getHeader(b"user-agent") or b"-"
+            else:
+                target, referrer, agent = request.path, b"-", b"-"
+            return (
+                f'"{chat.address_label(host)}" - - {timestamp} '
+                f'"{_log_field(request.method)} {_log_field(target)} {_log_field(request.clientproto)}" '
+                f'{request.code} {request.sentLength or "-"} "{_log_field(referrer)}" "{_log_field(agent)}"'
+            )
 
         super().__init__(root, reactor=chat.clock, logFormatter=access_log, **kwargs)
         self.chat = chat
         self.request_timeout = chat.settings.open_handshake_timeout
 
-    def protocol(self) -> _GenericHTTPChannelProtocol:
-        return _GenericHTTPChannelProtocol(GuardedChannel())
+    def protocol(self) -> ChannelProtocol:
+        return ChannelProtocol(GuardedChannel())
 
 
 def build_site(

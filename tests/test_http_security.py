@@ -1,0 +1,233 @@
+"""
+HTTP hardening: what the logs may show of a client, unreadable state,
+oversized or old-fashioned requests at C{/ws}, what responses reveal about
+the software, and reports counted once.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+from pathlib import Path
+from typing import Any, AsyncIterator, cast
+
+import pytest
+import pytest_twisted
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.python import log as legacy_log
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from chatroulette.protocol import Settings
+from chatroulette.tap import Options, makeService
+
+from .certs import make_certificate
+from .hostile import RawClient, raw_connect
+from .loopback import RunningService
+from .memory import MemoryServer
+
+REMOTE = "203.0.113.7"
+
+
+def capture_log(test: SynchronousTestCase | None = None) -> list[dict[str, Any]]:
+    """Every log event from now on (until the test's cleanup, if given)."""
+    events: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    if test is not None:
+        test.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events
+
+
+def dump(events: list[dict[str, Any]]) -> str:
+    """Everything the events say: their text, their fields and their log system."""
+    return "\n".join(
+        (formatEvent(e) or "") + repr(sorted((k, repr(v)) for k, v in e.items())) for e in events
+    )
+
+
+def raw_request(server: MemoryServer, request: bytes, host: str = REMOTE) -> RawClient:
+    """Send C{request} on a fresh in-memory connection from C{host} and deliver everything."""
+    client, pump = raw_connect(server, host)
+    pump.clientIO.write(request)
+    server.flush()
+    return client
+
+
+class AccessLogTests(SynchronousTestCase):
+    settings = Settings()
+
+    def setUp(self) -> None:
+        self.server = MemoryServer(self.settings)
+        self.events = capture_log(self)
+        self.server.site.doStart()  # opens the access log, as listening does
+        self.addCleanup(self.server.site.doStop)
+
+    def access_lines(self) -> list[str]:
+        return [formatEvent(e) or "" for e in self.events if "GET /" in (formatEvent(e) or "")]
+
+    def test_hashed_addresses_keep_request_details(self) -> None:
+        """With --log-addresses yes the access log keeps query string, Referer and User-Agent, with the address hashed."""
+        raw_request(
+            self.server,
+            b"GET /healthz?q=1 HTTP/1.1\r\nHost: x\r\nReferer: http://r.example/\r\nUser-Agent: UA/1\r\n\r\n",
+        )
+        (line,) = self.access_lines()
+        self.assertRegex(
+            line, r'^"[0-9a-f]{10}" - - \[.*\] "GET /healthz\?q=1 HTTP/1.1" 200 \d+ "http://r.example/" "UA/1"$'
+        )
+        self.assertNotIn(REMOTE, dump(self.events))
+
+    def test_undecodable_path_is_404_without_traceback(self) -> None:
+        """GET /%ff (not UTF-8) is answered 404 and logs no traceback."""
+        client = raw_request(self.server, b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(client.status(), 404)
+        self.assertEqual([e for e in self.events if e.get("log_failure") or e.get("isError")], [])
+        self.assertNotIn("Traceback", dump(self.events))
+
+
+class NoAddressAccessLogTests(AccessLogTests):
+    settings = Settings(log_addresses=False)
+
+    def test_hashed_addresses_keep_request_details(self) -> None:
+        """With --log-addresses no the access log shows the path without query string, and no Referer or User-Agent."""
+        raw_request(
+            self.server,
+            b"GET /healthz?token=s3cr3t HTTP/1.1\r\nHost: x\r\n"
+            b"Referer: http://r.example/s3cr3t\r\nUser-Agent: UA/1 s3cr3t\r\n\r\n",
+        )
+        (line,) = self.access_lines()
+        self.assertRegex(line, r'^"-" - - \[.*\] "GET /healthz HTTP/1.1" 200 \d+ "-" "-"$')
+        self.assertNotIn("s3cr3t", dump(self.events))
+        self.assertNotIn(REMOTE, dump(self.events))
+
+
+class _Raw(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost.callback(None)
+
+
+async def exchange(port: int, request: bytes) -> bytes:
+    """Send C{request} over a real socket and return everything until the server closes."""
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    raw = cast(_Raw, await endpoint.connect(Factory.forProtocol(_Raw)))
+    assert raw.transport is not None
+    raw.transport.write(request)
+    raw.lost.addTimeout(5, reactor)
+    await raw.lost
+    return raw.received
+
+
+async def start_service(*args: str) -> RunningService:
+    """The service as twistd builds it, listening where C{args} say (one C{--listen})."""
+    options = Options()
+    options.parseOptions(list(args))
+    service = makeService(options)
+    service.startService()
+    endpoint_service = next(s for s in service if isinstance(s, StreamServerEndpointService))
+    port = await cast("defer.Deferred[IListeningPort]", endpoint_service._waitingForPort)
+    return RunningService(service, cast(IPv4Address, port.getHost()).port)
+
+
+@pytest_twisted.async_yield_fixture()
+async def service(tmp_path: Path) -> AsyncIterator[RunningService]:
+    running = await RunningService.start("--state-dir", str(tmp_path))
+    yield running
+    await running.stop()
+
+
+class ErrorProbe(Resource):
+    """Logs an error the way Twisted's own code does while it handles a connection."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        legacy_log.err(RuntimeError("probe"), "probe error")
+        return b"logged"
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "ssl"])
+async def test_connection_log_context_names_no_address(tmp_path: Path, tls: bool) -> None:
+    """Errors logged while a connection is handled (plain or TLS) carry no client address in their system prefix."""
+    agent, listen = Agent(reactor), "tcp:0:interface=127.0.0.1"
+    if tls:
+        key, cert = make_certificate(tmp_path)
+        trust = Certificate.loadPEM(cert.read_bytes())
+        agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust))
+        listen = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    running = await start_service("--listen", listen, "--state-dir", str(tmp_path))
+    site = next(s for s in running.service if isinstance(s, StreamServerEndpointService)).factory
+    cast(Site, site).resource.putChild(b"probe", ErrorProbe())
+    events = capture_log()
+    try:
+        scheme = "https" if tls else "http"
+        response = await agent.request(b"GET", f"{scheme}://127.0.0.1:{running.port}/probe".encode())
+        assert (await readBody(response)) == b"logged"
+    finally:
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
+        await running.stop()
+    (error,) = [e for e in events if e.get("why") == "probe error"]
+    assert error["log_system"].startswith("HTTPChannel")
+    assert "127.0.0.1" not in dump([error])
+    # (The test's own HTTP client logs the address it connects to.)
+    assert [e["log_system"] for e in events if "127.0.0.1" in str(e.get("log_system"))] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_emfile_recovery_names_no_address(service: RunningService) -> None:
+    """When the process runs out of file descriptors, Twisted's recovery lines name no client address."""
+    await exchange(service.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    events = capture_log()
+    recovered: defer.Deferred[None] = defer.Deferred()
+
+    def watch(event: dict[str, Any]) -> None:
+        if "EMFILE recovery" in str(event.get("log_format")) and not recovered.called:
+            recovered.callback(None)
+
+    globalLogPublisher.addObserver(cast(ILogObserver, watch))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    client = socket.socket()
+    try:
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", service.port))
+        # Take every free descriptor number below the highest one in use,
+        # then forbid higher ones: the server's next accept() fails EMFILE.
+        top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        while True:
+            fd = os.open(os.devnull, os.O_RDONLY)
+            if fd > top:
+                os.close(fd)
+                break
+            fillers.append(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, hard))
+        recovered.addTimeout(5, reactor)
+        await recovered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in fillers:
+            os.close(fd)
+        client.close()
+        globalLogPublisher.removeObserver(cast(ILogObserver, watch))
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
+    text = dump(events)
+    assert "EMFILE recovery: Closed socket from" in text
+    assert "127.0.0.1" not in text
