@@ -9,13 +9,17 @@ file, writing on one worker thread so the reactor never waits on the disk.
 
 from __future__ import annotations
 
+import itertools
+import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Final, Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 """The error code answering C{find} and C{invite} from a banned address."""
@@ -122,6 +126,8 @@ class SQLiteBanStore:
     the first write and stopped by L{stop} or at reactor shutdown.
     """
 
+    _log = Logger()
+
     def __init__(self, path: Path, reactor: IReactorFromThreads) -> None:
         self.path = path
         self._reactor = reactor
@@ -137,16 +143,71 @@ class SQLiteBanStore:
             self._connection = None
 
     def load(self, now: float) -> dict[str, float]:
+        """
+        The bans in the file, if any.  A file SQLite cannot read as a
+        database (random bytes, a truncated database), or a directory in its
+        place, is moved aside for inspection (C{<name>.corrupt-<UTC time>})
+        with one error logged, and the service starts without those bans; a
+        fresh file is created at the next ban.  A file that cannot be read
+        for another reason (locked, no permission) is left where it is.
+        """
         if not self.path.exists():
             return {}
-        connection = sqlite3.connect(self.path)
-        try:
-            rows = connection.execute("SELECT address, until FROM bans WHERE until > ?", (now,))
-            return {address: until for address, until in rows}
-        except sqlite3.OperationalError:
+        if not self.path.is_file():
+            self._set_aside(now, "not a file")
             return {}
-        finally:
-            connection.close()
+        try:
+            connection = sqlite3.connect(self.path)
+            try:
+                rows = connection.execute(
+                    "SELECT address, until FROM bans WHERE until > ?", (now,)
+                ).fetchall()
+            finally:
+                connection.close()
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                self._log.error(
+                    "could not read the bans file {path} ({error}); starting without its bans",
+                    path=str(self.path),
+                    error=str(e),
+                )
+            return {}
+        except sqlite3.DatabaseError as e:  # not a database, or a damaged one
+            self._set_aside(now, str(e))
+            return {}
+        return {address: until for address, until in rows}
+
+    def _set_aside(self, now: float, error: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for n in itertools.count(1):
+            if not os.path.lexists(aside):
+                break
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        try:
+            self.path.rename(aside)
+            # A rollback journal left beside the damaged file belongs to it,
+            # not to the fresh one.
+            for suffix in ("-journal", "-wal", "-shm"):
+                companion = self.path.with_name(self.path.name + suffix)
+                if companion.exists():
+                    companion.rename(aside.with_name(aside.name + suffix))
+        except OSError as e:
+            self._log.error(
+                "the bans file {path} is unreadable ({error}) and could not be moved aside "
+                "({reason}); starting with no bans",
+                path=str(self.path),
+                error=error,
+                reason=e.strerror or str(e),
+            )
+            return
+        self._log.error(
+            "the bans file {path} is unreadable ({error}); moved it aside to {aside} and "
+            "started with no bans (a new file is created at the next ban)",
+            path=str(self.path),
+            error=error,
+            aside=str(aside),
+        )
 
     def save(self, key: str, until: float, now: float) -> Deferred[None]:
         if not self._pool.started and not self._pool.joined:

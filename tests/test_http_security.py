@@ -7,8 +7,13 @@ the software, and reports counted once.
 from __future__ import annotations
 
 import os
+import random
 import resource
+import shutil
 import socket
+import sqlite3
+import tempfile
+from contextlib import closing
 from pathlib import Path
 from typing import Any, AsyncIterator, cast
 
@@ -20,7 +25,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -28,7 +33,9 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from chatroulette.moderation import BANS_FILE, Moderation, SQLiteBanStore
 from chatroulette.protocol import Settings
+from chatroulette.service import ChatService
 from chatroulette.tap import Options, makeService
 
 from .certs import make_certificate
@@ -231,3 +238,63 @@ async def test_emfile_recovery_names_no_address(service: RunningService) -> None
     text = dump(events)
     assert "EMFILE recovery: Closed socket from" in text
     assert "127.0.0.1" not in text
+
+
+class CorruptBansFileTests(SynchronousTestCase):
+    """An unreadable bans file is moved aside and the service starts without bans."""
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.path = self.dir / BANS_FILE
+        self.events = capture_log(self)
+
+    def assert_moved_aside(self, now: float = 1_800_000_000.0) -> None:
+        store = SQLiteBanStore(self.path, reactor=None)  # type: ignore[arg-type]
+        self.assertEqual(store.load(now), {})
+        aside = self.dir / f"{BANS_FILE}.corrupt-20270115T080000Z"
+        self.assertEqual(sorted(self.dir.iterdir()), [aside])
+        errors = [e for e in self.events if e["log_level"] >= LogLevel.error]
+        self.assertEqual(len(errors), 1, dump(self.events))
+        self.assertIsNone(errors[0].get("log_failure"))
+        text = formatEvent(errors[0]) or ""
+        self.assertIn(str(self.path), text)
+        self.assertIn(aside.name, text)
+        # A fresh file takes its place at the next ban.
+        store._save("203.0.113.7", now + 60, now)
+        store.stop()
+        self.assertEqual(SQLiteBanStore(self.path, None).load(now), {"203.0.113.7": now + 60})  # type: ignore[arg-type]
+
+    def test_random_bytes(self) -> None:
+        """A bans file of random bytes is moved aside, with one error logged."""
+        self.path.write_bytes(random.Random(1).randbytes(8192))
+        self.assert_moved_aside()
+
+    def test_truncated_database(self) -> None:
+        """A real bans database cut short is moved aside, with one error logged."""
+        store = SQLiteBanStore(self.path, reactor=None)  # type: ignore[arg-type]
+        store._save("198.51.100.1", 2e9, 0.0)
+        store.stop()
+        with closing(sqlite3.connect(self.path)) as db, db:
+            db.executemany(
+                "INSERT INTO bans (address, until) VALUES (?, ?)",
+                ((f"2001:db8:{i:x}::", 2e9) for i in range(3000)),
+            )
+        data = self.path.read_bytes()
+        self.path.write_bytes(data[: len(data) // 2])
+        self.assert_moved_aside()
+
+    def test_directory(self) -> None:
+        """A directory where the bans file should be is moved aside, with one error logged."""
+        (self.path / "junk").mkdir(parents=True)
+        self.assert_moved_aside()
+
+    def test_service_starts(self) -> None:
+        """The chat service starts over a corrupt bans file (the store reads it at start)."""
+        self.path.write_bytes(b"not a database" * 100)
+        server = MemoryServer()
+        store = SQLiteBanStore(self.path, reactor=None)  # type: ignore[arg-type]
+        server.factory.moderation = Moderation(store=store)
+        ChatService(server.factory, server.clock, store).startService()
+        self.assertFalse(self.path.exists())
+        self.assertTrue(server.connect().opened)
