@@ -20,9 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-
-"""The error code answering C{find} and C{invite} from a banned address."""
 
 DEFAULT_REPORT_BAN_THRESHOLD: Final = 3
 DEFAULT_REPORT_WINDOW: Final = 3600.0
@@ -37,7 +36,10 @@ class BanStore(Protocol):
         """The bans still in force at C{now}: address key -> end (epoch seconds)."""
 
     def save(self, key: str, until: float, now: float) -> Deferred[None]:
-        """Record a ban (and forget the expired ones) without blocking."""
+        """
+        Record a ban (and forget the expired ones) without blocking.  The
+        result never fails: a store logs its own failures.
+        """
 
 
 class Moderation:
@@ -62,7 +64,6 @@ class Moderation:
         self.bans: dict[str, float] = {}
         self._reports: dict[str, dict[str, float]] = {}
         self._prune_at = 1024
-        self.pending: set[Deferred[None]] = set()
 
     def load(self, now: float) -> None:
         """Read the bans still in force from the store (at startup)."""
@@ -99,14 +100,7 @@ class Moderation:
         until = now + self.ban_seconds
         self.bans[reported] = until
         if self.store is not None:
-            d = self.store.save(reported, until, now)
-            self.pending.add(d)
-
-            def saved(result: object) -> object:
-                self.pending.discard(d)
-                return result
-
-            d.addBoth(saved)
+            self.store.save(reported, until, now)
         return until
 
     def _prune(self, now: float) -> None:
@@ -216,7 +210,17 @@ class SQLiteBanStore:
         d: Deferred[None] = deferToThreadPool(
             self._reactor, self._pool, self._save, key, until, now
         )
+        d.addErrback(self._save_failed)
         return d
+
+    def _save_failed(self, failure: Failure) -> None:
+        # One plain line (no traceback, and not the banned address): the
+        # ban still holds in memory, until the server stops.
+        self._log.error(
+            "could not save a ban to the bans file {path} ({error}); it holds until the server stops",
+            path=str(self.path),
+            error=failure.getErrorMessage(),
+        )
 
     def _save(self, key: str, until: float, now: float) -> None:
         if self._connection is None:

@@ -6,6 +6,7 @@ the software, and reports counted once.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import resource
@@ -27,6 +28,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import log as legacy_log
+from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
@@ -298,3 +300,79 @@ class CorruptBansFileTests(SynchronousTestCase):
         ChatService(server.factory, server.clock, store).startService()
         self.assertFalse(self.path.exists())
         self.assertTrue(server.connect().opened)
+
+
+class StateDirOptionTests(SynchronousTestCase):
+    """--state-dir is checked when the options are read, not at the first ban."""
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.dir)
+
+    def parse(self, state_dir: Path) -> Options:
+        options = Options()
+        options.parseOptions(["--state-dir", str(state_dir)])
+        return options
+
+    def test_created_and_probed(self) -> None:
+        """A missing state directory is created at start, and the write probe leaves nothing behind."""
+        state = self.dir / "a" / "b"
+        self.assertEqual(self.parse(state)["state-dir"], state)
+        self.assertEqual(list(state.iterdir()), [])
+
+    def test_cannot_be_created(self) -> None:
+        """A state directory that cannot be created is a usage error naming the option."""
+        (self.dir / "file").write_text("")
+        with self.assertRaises(usage.UsageError) as e:
+            self.parse(self.dir / "file" / "state")
+        self.assertIn("--state-dir", str(e.exception))
+
+    def test_cannot_be_written(self) -> None:
+        """A state directory where no file can be written is a usage error (even for root)."""
+        with self.assertRaises(usage.UsageError) as e:
+            self.parse(Path("/proc/self/fdinfo"))  # no one may create files in procfs
+        self.assertIn("--state-dir", str(e.exception))
+        self.assertIn("written", str(e.exception))
+
+
+class _ThreadResults:
+    """Just enough reactor for a thread pool's results: kept until the test runs them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.calls.append((f, args))
+
+    def addSystemEventTrigger(self, *args: Any) -> None:
+        pass
+
+    def run(self) -> None:
+        for f, args in self.calls:
+            f(*args)
+
+
+class BanSaveFailureTests(SynchronousTestCase):
+    def test_failed_save_logged_plainly(self) -> None:
+        """A ban that cannot be written is one plain error line, not an unhandled error in a Deferred."""
+        events = capture_log(self)
+        state = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, state)
+        (state / "file").write_text("")
+        results = _ThreadResults()
+        store = SQLiteBanStore(state / "file" / BANS_FILE, results)  # type: ignore[arg-type]
+        moderation = Moderation(threshold=1, store=store)
+        self.assertIsNotNone(moderation.report("198.51.100.1", "203.0.113.7", 0.0))
+        self.assertTrue(moderation.is_banned("203.0.113.7", 1.0))
+        store.stop()  # waits for the write to fail
+        results.run()
+        del results, store, moderation
+        gc.collect()  # an unhandled failure is logged when its Deferred is collected
+        errors = [e for e in events if e["log_level"] >= LogLevel.error]
+        self.assertEqual(len(errors), 1, dump(events))
+        self.assertIsNone(errors[0].get("log_failure"))
+        text = formatEvent(errors[0]) or ""
+        self.assertIn("could not save a ban", text)
+        self.assertIn(str(state / "file" / BANS_FILE), text)
+        self.assertIn("File exists", text)
+        self.assertNotIn("203.0.113.7", dump(events))
