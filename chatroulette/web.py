@@ -221,6 +221,9 @@ class GuardedChannel(HTTPChannel):
 
     site: GuardedSite
     totalHeadersSize = MAX_REQUEST_HEADER_BYTES
+    # The longest single line (request line or header); LineReceiver's own
+    # answer to a longer one is to drop the connection without a word.
+    MAX_LENGTH = MAX_REQUEST_HEADER_BYTES
     _deadline: IDelayedCall | None = None
     _body_bytes = 0
     _refused = False
@@ -281,12 +284,19 @@ class GuardedChannel(HTTPChannel):
         super().rawDataReceived(data)
 
     def _refuse_body(self) -> None:
+        self.site.chat.refused["request_too_large"] += 1
+        self._refuse(b"413 Content Too Large")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse(b"400 Bad Request")
+
+    def _refuse(self, status: bytes) -> None:
+        """Answer C{status} with no body, close, and ignore whatever else arrives."""
         self._refused = True
         self._cancel_deadline()
-        self.site.chat.refused["request_too_large"] += 1
         assert self.transport is not None
         self.transport.write(
-            b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            b"HTTP/1.1 " + status + b"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         )
         self.transport.loseConnection()
 

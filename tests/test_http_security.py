@@ -376,3 +376,26 @@ class BanSaveFailureTests(SynchronousTestCase):
         self.assertIn(str(state / "file" / BANS_FILE), text)
         self.assertIn("File exists", text)
         self.assertNotIn("203.0.113.7", dump(events))
+
+
+class HTTPRequestTests(SynchronousTestCase):
+    """How the site answers requests it will not serve."""
+
+    def setUp(self) -> None:
+        self.server = MemoryServer()
+
+    def test_long_request_line_answered_400(self) -> None:
+        """A URL over 16 KiB is answered 400 Bad Request, then the connection is closed."""
+        client = raw_request(self.server, b"GET /" + b"a" * (17 * 1024) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(client.status(), 400)
+        self.assertTrue(client.lost)
+
+    def test_long_header_line_answered_400(self) -> None:
+        """A single header line over 16 KiB is answered 400 Bad Request, then the connection is closed."""
+        client, pump = raw_connect(self.server, REMOTE)
+        pump.clientIO.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ")
+        for _ in range(20):  # arriving in pieces, as over a real network
+            pump.clientIO.write(b"y" * 1024)
+            self.server.flush()
+        self.assertEqual(client.status(), 400)
+        self.assertTrue(client.lost)
