@@ -80,6 +80,15 @@ class StaticFiles(File):
         return child
 
 
+def _short_answer(request: Request, code: int, body: bytes) -> bytes:
+    """An error answer of one plain-text line, naming no software."""
+    request.setResponseCode(code)
+    _security_headers(request)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return body
+
+
 class ChatWebSocketResource(WebSocketResource):
     """
     Autobahn's C{WebSocketResource}, plus: bytes a client sent right after its
@@ -90,6 +99,11 @@ class ChatWebSocketResource(WebSocketResource):
     """
 
     def render(self, request: Request) -> bytes | int:
+        if request.clientproto != b"HTTP/1.1":
+            # RFC 6455 4.1: the opening handshake is an HTTP/1.1 request.
+            # Autobahn's resource rewrites the request line as HTTP/1.1, so
+            # it would upgrade an HTTP/1.0 request.
+            return _short_answer(request, 400, b"WebSocket connections need HTTP/1.1.\n")
         channel = request.channel
         transport: Any = channel.transport
         result: bytes | int = super().render(request)

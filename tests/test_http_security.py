@@ -41,7 +41,7 @@ from chatroulette.service import ChatService
 from chatroulette.tap import Options, makeService
 
 from .certs import make_certificate
-from .hostile import RawClient, raw_connect
+from .hostile import RawClient, handshake, raw_connect
 from .loopback import RunningService
 from .memory import MemoryServer
 
@@ -399,3 +399,12 @@ class HTTPRequestTests(SynchronousTestCase):
             self.server.flush()
         self.assertEqual(client.status(), 400)
         self.assertTrue(client.lost)
+
+    def test_http10_upgrade_refused_400(self) -> None:
+        """A WebSocket upgrade over HTTP/1.0 is refused with 400 (RFC 6455 needs HTTP/1.1); no WebSocket opens."""
+        request = handshake().replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+        client = raw_request(self.server, request)
+        self.assertEqual(client.received.split(b" ", 2)[1], b"400")
+        self.assertNotIn(b"101", client.received.split(b"\r\n", 1)[0])
+        self.assertEqual(self.server.lobby.online, 0)
+        self.assertTrue(raw_request(self.server, handshake()).received.startswith(b"HTTP/1.1 101 "))
