@@ -35,6 +35,9 @@ DEFAULT_HTTP_IDLE_TIMEOUT = 30.0
 
 # No inline script or style, no third-party origin: the client is plain files
 # from this server, talking WebSocket to this server.
+SERVER = b"chatroulette"
+"""The C{Server} header of every response: no software name or version."""
+
 CONTENT_SECURITY_POLICY = (
     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
@@ -104,6 +107,13 @@ class ChatWebSocketResource(WebSocketResource):
             # Autobahn's resource rewrites the request line as HTTP/1.1, so
             # it would upgrade an HTTP/1.0 request.
             return _short_answer(request, 400, b"WebSocket connections need HTTP/1.1.\n")
+        upgrade = request.getHeader(b"upgrade") or b""
+        if b"websocket" not in [token.strip().lower() for token in upgrade.split(b",")]:
+            # Not a WebSocket handshake: Autobahn would answer with a page
+            # naming itself and its version.
+            request.setHeader(b"Upgrade", b"websocket")
+            request.setHeader(b"Connection", b"Upgrade")
+            return _short_answer(request, 426, b"This address takes WebSocket connections only.\n")
         channel = request.channel
         transport: Any = channel.transport
         result: bytes | int = super().render(request)
@@ -328,6 +338,15 @@ class GuardedChannel(HTTPChannel):
         self.loseConnection()
 
 
+class ChatRequest(Request):
+    """A request whose response's C{Server} header is L{SERVER}, not Twisted's C{TwistedWeb/x.y}."""
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if (name.encode() if isinstance(name, str) else name).lower() == b"server":
+            value = SERVER
+        super().setHeader(name, value)
+
+
 def _log_field(value: bytes) -> str:
     """A request field as the access log shows it: printable ASCII, escapes for the rest."""
     return value.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
@@ -402,6 +421,8 @@ class ChannelProtocol(_GenericHTTPChannelProtocol):
 
 class GuardedSite(Site):
     """A C{Site} whose connections are L{GuardedChannel}s, timed on the chat factory's clock."""
+
+    requestFactory = ChatRequest
 
     def __init__(self, root: Resource, chat: ChatServerFactory, **kwargs: Any) -> None:
         def access_log(timestamp: str, request: Request) -> str:

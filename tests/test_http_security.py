@@ -201,6 +201,15 @@ async def test_connection_log_context_names_no_address(tmp_path: Path, tls: bool
 
 
 @pytest_twisted.ensureDeferred
+async def test_static_files_server_header(service: RunningService) -> None:
+    """The page and its files are served with a Server header naming no software version."""
+    for path in ["/", "/main.js", "/missing"]:
+        response = await Agent(reactor).request(b"GET", f"{service.http}{path}".encode())
+        await readBody(response)
+        assert response.headers.getRawHeaders(b"server") == [b"chatroulette"], path
+
+
+@pytest_twisted.ensureDeferred
 async def test_emfile_recovery_names_no_address(service: RunningService) -> None:
     """When the process runs out of file descriptors, Twisted's recovery lines name no client address."""
     await exchange(service.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -408,3 +417,44 @@ class HTTPRequestTests(SynchronousTestCase):
         self.assertNotIn(b"101", client.received.split(b"\r\n", 1)[0])
         self.assertEqual(self.server.lobby.online, 0)
         self.assertTrue(raw_request(self.server, handshake()).received.startswith(b"HTTP/1.1 101 "))
+
+    def test_plain_get_ws_answered_426(self) -> None:
+        """GET /ws without an upgrade is 426 Upgrade Required with Upgrade: websocket, and a body naming no software."""
+        client = raw_request(self.server, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(client.status(), 426)
+        head, _, body = client.received.partition(b"\r\n\r\n")
+        self.assertIn((b"upgrade", b"websocket"), response_headers(head))
+        self.assertTrue(body)
+        self.assertNotRegex(body.lower(), rb"autobahn|twisted|\d+\.\d+")
+        self.assertEqual(self.server.lobby.online, 0)
+
+    def test_server_header_names_no_software_version(self) -> None:
+        """No response (pages, errors, refusals, the handshake) names Twisted, Autobahn or a version in its headers."""
+        requests = [  # static files need a real reactor to stream: see test_static_files_server_header
+            b"HEAD /main.js HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"DELETE /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n",
+            handshake(),
+            handshake().replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1),
+            handshake(origin="https://evil.example"),
+            b"GET /" + b"a" * (17 * 1024) + b" HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n",
+        ]
+        for request in requests:
+            head = raw_request(self.server, request).received.partition(b"\r\n\r\n")[0]
+            self.assertRegex(head, rb"^HTTP/1\.[01] \d{3} ", request[:40])
+            headers = response_headers(head)
+            self.assertIn(dict(headers).get(b"server", b"chatroulette"), [b"chatroulette"], request[:40])
+            for name, value in headers:
+                self.assertNotRegex(value.lower(), rb"autobahn|twisted", (request[:40], name))
+
+
+def response_headers(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The (lower-cased name, value) pairs of a response head."""
+    lines = head.split(b"\r\n")[1:]
+    return [(name.strip().lower(), value.strip()) for name, _, value in (line.partition(b":") for line in lines)]
