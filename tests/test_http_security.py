@@ -41,9 +41,10 @@ from chatroulette.service import ChatService
 from chatroulette.tap import Options, makeService
 
 from .certs import make_certificate
-from .hostile import RawClient, handshake, raw_connect
+from .hostile import RawClient, connect_as, handshake, raw_connect
 from .loopback import RunningService
 from .memory import MemoryServer
+from .test_lobby import RecordingPeer, make_lobby
 
 REMOTE = "203.0.113.7"
 
@@ -458,3 +459,52 @@ def response_headers(head: bytes) -> list[tuple[bytes, bytes]]:
     """The (lower-cased name, value) pairs of a response head."""
     lines = head.split(b"\r\n")[1:]
     return [(name.strip().lower(), value.strip()) for name, _, value in (line.partition(b":") for line in lines)]
+
+
+class RepeatedReportTests(SynchronousTestCase):
+    """A partner reported again from the same connection is one report."""
+
+    def test_lobby_counts_a_partner_once_per_reporter(self) -> None:
+        """The lobby counts one report per reporter and partner; the partner's own report of the reporter counts too."""
+        lobby, _ = make_lobby()
+        a, b, c = RecordingPeer("a"), RecordingPeer("b"), RecordingPeer("c")
+        for peer in (a, b, c):
+            lobby.connect(peer)
+        lobby.find(a)
+        lobby.find(b)
+        self.assertIs(lobby.report(a, "rude"), b)
+        self.assertIsNone(lobby.report(a, "rude"))
+        self.assertIsNone(lobby.report(a))
+        self.assertEqual(lobby.stats.reports, 1)
+        self.assertIs(lobby.report(b), a)
+        lobby.find(a)
+        lobby.find(c)
+        self.assertIs(lobby.report(a), c)
+        self.assertEqual(lobby.stats.reports, 3)
+
+    def test_repeated_report_counted_and_logged_once(self) -> None:
+        """Reporting the same partner three times: one report event, one in the metrics, one for moderation."""
+        server = MemoryServer()
+        moderation = Moderation(threshold=2)
+        server.factory.moderation = moderation
+        counted: list[tuple[str, str]] = []
+        count = moderation.report
+
+        def record(reporter: str, reported: str, now: float) -> float | None:
+            counted.append((reporter, reported))
+            return count(reporter, reported, now)
+
+        moderation.report = record  # type: ignore[method-assign]
+        events = capture_log(self)
+        a, b = connect_as(server, REMOTE), connect_as(server, "198.51.100.23")
+        a.send_json(type="invite")
+        server.flush()
+        b.send_json(type="find", invite=a.last("invite")["code"])
+        server.flush()
+        for _ in range(3):
+            b.send_json(type="report", reason="rude")
+        server.flush()
+        self.assertEqual(len([e for e in events if e.get("event") == "report"]), 1)
+        self.assertEqual(server.lobby.stats.reports, 1)
+        self.assertEqual(counted, [("198.51.100.23", REMOTE)])
+        self.assertNotIn("error", b.types())
