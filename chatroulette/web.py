@@ -33,11 +33,11 @@ MAX_REQUEST_BODY_BYTES = 64 * 1024
 """Nothing here takes a request body; bigger ones are answered 413."""
 DEFAULT_HTTP_IDLE_TIMEOUT = 30.0
 
-# No inline script or style, no third-party origin: the client is plain files
-# from this server, talking WebSocket to this server.
 SERVER = b"chatroulette"
 """The C{Server} header of every response: no software name or version."""
 
+# No inline script or style, no third-party origin: the client is plain files
+# from this server, talking WebSocket to this server.
 CONTENT_SECURITY_POLICY = (
     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
