@@ -74,7 +74,7 @@ def raw_request(server: MemoryServer, request: bytes, host: str = REMOTE) -> Raw
     return client
 
 
-class AccessLogTests(SynchronousTestCase):
+class AccessLogTestCase(SynchronousTestCase):
     settings = Settings()
 
     def setUp(self) -> None:
@@ -86,7 +86,16 @@ class AccessLogTests(SynchronousTestCase):
     def access_lines(self) -> list[str]:
         return [formatEvent(e) or "" for e in self.events if "GET /" in (formatEvent(e) or "")]
 
-    def test_hashed_addresses_keep_request_details(self) -> None:
+
+class AccessLogTests(AccessLogTestCase):
+    def test_fields_escaped(self) -> None:
+        """Quotes, raw bytes and terminal escapes in a logged header cannot forge access log fields or lines."""
+        raw_request(self.server, b'GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Agent: a" "b\xff\x1b[1m\r\n\r\n')
+        (line,) = self.access_lines()
+        self.assertTrue(line.endswith(r'"-" "a\" \"b\xff\x1b[1m"'), line)
+        self.assertTrue(line.isascii() and line.isprintable())
+
+    def test_access_line(self) -> None:
         """With --log-addresses yes the access log keeps query string, Referer and User-Agent, with the address hashed."""
         raw_request(
             self.server,
@@ -106,10 +115,10 @@ class AccessLogTests(SynchronousTestCase):
         self.assertNotIn("Traceback", dump(self.events))
 
 
-class NoAddressAccessLogTests(AccessLogTests):
+class NoAddressAccessLogTests(AccessLogTestCase):
     settings = Settings(log_addresses=False)
 
-    def test_hashed_addresses_keep_request_details(self) -> None:
+    def test_access_line(self) -> None:
         """With --log-addresses no the access log shows the path without query string, and no Referer or User-Agent."""
         raw_request(
             self.server,
@@ -213,6 +222,7 @@ async def test_static_files_server_header(service: RunningService) -> None:
 @pytest_twisted.ensureDeferred
 async def test_emfile_recovery_names_no_address(service: RunningService) -> None:
     """When the process runs out of file descriptors, Twisted's recovery lines name no client address."""
+    # A port labels the addresses in these lines from its first connection on.
     await exchange(service.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     events = capture_log()
     recovered: defer.Deferred[None] = defer.Deferred()
