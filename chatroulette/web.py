@@ -83,9 +83,9 @@ class StaticFiles(File):
         return child
 
 
-def _short_answer(request: Request, code: int, body: bytes) -> bytes:
+def _short_answer(request: Request, code: int, reason: bytes, body: bytes) -> bytes:
     """An error answer of one plain-text line, naming no software."""
-    request.setResponseCode(code)
+    request.setResponseCode(code, reason)  # Twisted has no reason phrase for 426
     _security_headers(request)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-store")
@@ -106,14 +106,16 @@ class ChatWebSocketResource(WebSocketResource):
             # RFC 6455 4.1: the opening handshake is an HTTP/1.1 request.
             # Autobahn's resource rewrites the request line as HTTP/1.1, so
             # it would upgrade an HTTP/1.0 request.
-            return _short_answer(request, 400, b"WebSocket connections need HTTP/1.1.\n")
+            return _short_answer(request, 400, b"Bad Request", b"WebSocket connections need HTTP/1.1.\n")
         upgrade = request.getHeader(b"upgrade") or b""
         if b"websocket" not in [token.strip().lower() for token in upgrade.split(b",")]:
             # Not a WebSocket handshake: Autobahn would answer with a page
             # naming itself and its version.
             request.setHeader(b"Upgrade", b"websocket")
             request.setHeader(b"Connection", b"Upgrade")
-            return _short_answer(request, 426, b"This address takes WebSocket connections only.\n")
+            return _short_answer(
+                request, 426, b"Upgrade Required", b"This address takes WebSocket connections only.\n"
+            )
         channel = request.channel
         transport: Any = channel.transport
         result: bytes | int = super().render(request)
