@@ -106,7 +106,7 @@ class ILobby(Protocol):
 
     def typing(self, peer: Peer, active: bool) -> None: ...
 
-    def report(self, peer: Peer, reason: str = "") -> Peer: ...
+    def report(self, peer: Peer, reason: str = "") -> Peer | None: ...
 
     def create_invite(self, peer: Peer) -> str: ...
 
@@ -181,6 +181,7 @@ class _Client:
     retry: DelayedCall | None = None  # a match again when a cooldown ends
     invite: str | None = None
     last_partner: _Client | None = None
+    reported: _Client | None = None  # the last partner this client reported
     # Clients this one must not be paired with, and until when: _FOREVER
     # after a report, the end of the repeat cooldown otherwise.  Always
     # symmetric: an entry is added, pruned and forgotten on both sides at
@@ -299,7 +300,7 @@ class Lobby:
             return
         self._become_idle(client)
         client.forget()
-        client.last_partner = None
+        client.last_partner = client.reported = None
 
     def find(self, peer: Peer, interests: Sequence[str] = (), invite: str | None = None) -> None:
         client = self._clients[peer]
@@ -335,17 +336,22 @@ class Lobby:
         if partner is not None:
             partner.peer.send_typing(active)
 
-    def report(self, peer: Peer, reason: str = "") -> Peer:
+    def report(self, peer: Peer, reason: str = "") -> Peer | None:
         """
         Report the current partner (ending the chat) or, if the chat already
-        ended, the most recent one; the two are never paired again.
+        ended, the most recent one; the two are never paired again.  Reporting
+        that partner again changes and counts nothing.
 
-        @return: the reported peer.
+        @return: the reported peer, or None when this client reported that
+            partner already.
         """
         client = self._clients[peer]
         reported = client.partner or client.last_partner
         if reported is None:
             raise ProtocolError(NOT_CHATTING, "There is nobody to report.")
+        if reported is client.reported:
+            return None
+        client.reported = reported
         if client.partner is not None:
             self._become_idle(client)
         if self._clients.get(reported.peer) is reported:  # not if already gone

@@ -9,6 +9,7 @@ Nothing here imports Twisted or Autobahn.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Final, Sequence, Union
 
@@ -30,6 +31,9 @@ BANNED: Final = "banned"
 ERROR_CODES: Final = (BAD_REQUEST, TEXT_TOO_LONG, NOT_CHATTING, INVITE_INVALID, RATE_LIMITED, BANNED)
 
 _WHITESPACE = re.compile(r"\s+")
+# Hangul fillers: letters (category Lo) that render as nothing, so no
+# whitespace test catches them.
+_HANGUL_FILLERS: Final = frozenset("\u115f\u1160\u3164\uffa0")
 
 
 class ProtocolError(Exception):
@@ -87,17 +91,34 @@ class Invite:
 ClientFrame = Union[Find, Message, Typing, Leave, Report, Invite]
 
 
+def is_blank(text: str) -> bool:
+    """
+    Whether C{text} shows nothing: it is made only of whitespace, format
+    characters (Unicode category Cf: zero-width space U+200B, word joiner
+    U+2060, byte order mark U+FEFF, ...) and Hangul fillers (U+115F, U+1160,
+    U+3164, U+FFA0).  The empty string is blank.
+
+    It stops at the first visible character: one step for most text.
+    """
+    category = unicodedata.category
+    for c in text:
+        if not (c.isspace() or c in _HANGUL_FILLERS or category(c) == "Cf"):
+            return False
+    return True
+
+
 def normalise_interest(raw: object) -> str:
     """
     Trim, lower-case and collapse inner whitespace of one interest.
 
     @raise ProtocolError: (C{bad_request}) when it is not a string of 1 to
-        L{MAX_INTEREST_CHARS} characters once normalised.
+        L{MAX_INTEREST_CHARS} characters once normalised, or is blank (see
+        L{is_blank}).
     """
     if not isinstance(raw, str):
         raise ProtocolError(BAD_REQUEST, "Each interest must be a string.")
     interest = _WHITESPACE.sub(" ", raw).strip().lower()
-    if not 1 <= len(interest) <= MAX_INTEREST_CHARS:
+    if not 1 <= len(interest) <= MAX_INTEREST_CHARS or is_blank(interest):
         raise ProtocolError(
             BAD_REQUEST, f"Each interest must be 1 to {MAX_INTEREST_CHARS} characters."
         )
@@ -125,7 +146,7 @@ def _text(frame: dict[str, Any]) -> str:
         raise ProtocolError(BAD_REQUEST, "'text' must be a string.")
     if len(text) > MAX_TEXT_CHARS:
         raise ProtocolError(TEXT_TOO_LONG, f"Messages are limited to {MAX_TEXT_CHARS} characters.")
-    if not text.strip():
+    if is_blank(text):
         raise ProtocolError(BAD_REQUEST, "Empty messages are not sent.")
     return text
 

@@ -9,16 +9,19 @@ file, writing on one worker thread so the reactor never waits on the disk.
 
 from __future__ import annotations
 
+import itertools
+import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Final, Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-
-"""The error code answering C{find} and C{invite} from a banned address."""
 
 DEFAULT_REPORT_BAN_THRESHOLD: Final = 3
 DEFAULT_REPORT_WINDOW: Final = 3600.0
@@ -33,7 +36,10 @@ class BanStore(Protocol):
         """The bans still in force at C{now}: address key -> end (epoch seconds)."""
 
     def save(self, key: str, until: float, now: float) -> Deferred[None]:
-        """Record a ban (and forget the expired ones) without blocking."""
+        """
+        Record a ban (and forget the expired ones) without blocking.  The
+        result never fails: a store logs its own failures.
+        """
 
 
 class Moderation:
@@ -58,7 +64,6 @@ class Moderation:
         self.bans: dict[str, float] = {}
         self._reports: dict[str, dict[str, float]] = {}
         self._prune_at = 1024
-        self.pending: set[Deferred[None]] = set()
 
     def load(self, now: float) -> None:
         """Read the bans still in force from the store (at startup)."""
@@ -95,14 +100,7 @@ class Moderation:
         until = now + self.ban_seconds
         self.bans[reported] = until
         if self.store is not None:
-            d = self.store.save(reported, until, now)
-            self.pending.add(d)
-
-            def saved(result: object) -> object:
-                self.pending.discard(d)
-                return result
-
-            d.addBoth(saved)
+            self.store.save(reported, until, now)
         return until
 
     def _prune(self, now: float) -> None:
@@ -122,6 +120,8 @@ class SQLiteBanStore:
     the first write and stopped by L{stop} or at reactor shutdown.
     """
 
+    _log = Logger()
+
     def __init__(self, path: Path, reactor: IReactorFromThreads) -> None:
         self.path = path
         self._reactor = reactor
@@ -137,16 +137,71 @@ class SQLiteBanStore:
             self._connection = None
 
     def load(self, now: float) -> dict[str, float]:
+        """
+        The bans in the file, if any.  A file SQLite cannot read as a
+        database (random bytes, a truncated database), or a directory in its
+        place, is moved aside for inspection (C{<name>.corrupt-<UTC time>})
+        with one error logged, and the service starts without those bans; a
+        fresh file is created at the next ban.  A file that cannot be read
+        for another reason (locked, no permission) is left where it is.
+        """
         if not self.path.exists():
             return {}
-        connection = sqlite3.connect(self.path)
-        try:
-            rows = connection.execute("SELECT address, until FROM bans WHERE until > ?", (now,))
-            return {address: until for address, until in rows}
-        except sqlite3.OperationalError:
+        if not self.path.is_file():
+            self._set_aside(now, "not a file")
             return {}
-        finally:
-            connection.close()
+        try:
+            connection = sqlite3.connect(self.path)
+            try:
+                rows = connection.execute(
+                    "SELECT address, until FROM bans WHERE until > ?", (now,)
+                ).fetchall()
+            finally:
+                connection.close()
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                self._log.error(
+                    "could not read the bans file {path} ({error}); starting without its bans",
+                    path=str(self.path),
+                    error=str(e),
+                )
+            return {}
+        except sqlite3.DatabaseError as e:  # not a database, or a damaged one
+            self._set_aside(now, str(e))
+            return {}
+        return {address: until for address, until in rows}
+
+    def _set_aside(self, now: float, error: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for n in itertools.count(1):
+            if not os.path.lexists(aside):
+                break
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        try:
+            self.path.rename(aside)
+            # A rollback journal left beside the damaged file belongs to it,
+            # not to the fresh one.
+            for suffix in ("-journal", "-wal", "-shm"):
+                companion = self.path.with_name(self.path.name + suffix)
+                if companion.exists():
+                    companion.rename(aside.with_name(aside.name + suffix))
+        except OSError as e:
+            self._log.error(
+                "the bans file {path} is unreadable ({error}) and could not be moved aside "
+                "({reason}); starting with no bans",
+                path=str(self.path),
+                error=error,
+                reason=e.strerror or str(e),
+            )
+            return
+        self._log.error(
+            "the bans file {path} is unreadable ({error}); moved it aside to {aside} and "
+            "started with no bans (a new file is created at the next ban)",
+            path=str(self.path),
+            error=error,
+            aside=str(aside),
+        )
 
     def save(self, key: str, until: float, now: float) -> Deferred[None]:
         if not self._pool.started and not self._pool.joined:
@@ -155,7 +210,17 @@ class SQLiteBanStore:
         d: Deferred[None] = deferToThreadPool(
             self._reactor, self._pool, self._save, key, until, now
         )
+        d.addErrback(self._save_failed)
         return d
+
+    def _save_failed(self, failure: Failure) -> None:
+        # One plain line (no traceback, and not the banned address): the
+        # ban still holds in memory, until the server stops.
+        self._log.error(
+            "could not save a ban to the bans file {path} ({error}); it holds until the server stops",
+            path=str(self.path),
+            error=failure.getErrorMessage(),
+        )
 
     def _save(self, key: str, until: float, now: float) -> None:
         if self._connection is None:

@@ -193,7 +193,9 @@ class ChatServerProtocol(FastTextFrames):
             # Once per chat, like "pair": debug level (see _log_pair).
             self._log.debug("client {client} left", client=self.client_id, event="leave")
         elif isinstance(frame, Report):
-            reported = cast(ChatServerProtocol, lobby.report(self, frame.reason))
+            reported = cast("ChatServerProtocol | None", lobby.report(self, frame.reason))
+            if reported is None:
+                return  # reported already from this connection: counted and logged once
             # The reason is the reporter's own words about the chat: not logged.
             self._log.info(
                 "client {client} reported {reported}",

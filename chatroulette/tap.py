@@ -6,6 +6,7 @@ Nothing happens at import time; C{makeService} builds everything.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, cast
 
@@ -346,6 +347,16 @@ class Options(usage.Options):
         state = Path(self["state-dir"])
         if state.exists() and not state.is_dir():
             raise usage.UsageError(f"--state-dir {self['state-dir']!r} is not a directory")
+        # Found out now, not as a failed write at the first ban.
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=state, prefix=".chatroulette-probe-") as probe:
+                probe.write(b"probe")
+                probe.flush()
+        except OSError as e:
+            raise usage.UsageError(
+                f"--state-dir {self['state-dir']!r} cannot be created or written: {e.strerror or e}"
+            )
         self["state-dir"] = state
 
     def settings(self) -> Settings:

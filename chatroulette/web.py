@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator, cast
+from typing import Any, Callable, Iterator, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from twisted.internet.interfaces import IDelayedCall, IProtocol, ITCPTransport
+from twisted.internet import tcp
+from twisted.internet.interfaces import IDelayedCall, ILoggingContext, IProtocol, ITCPTransport, ITransport
+from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, combinedLogFormatter
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
+from zope.interface import implementer
 
 from .messages import ERROR_CODES
 from .protocol import ChatServerFactory
@@ -29,6 +32,9 @@ MAX_REQUEST_HEADER_BYTES = 16 * 1024
 MAX_REQUEST_BODY_BYTES = 64 * 1024
 """Nothing here takes a request body; bigger ones are answered 413."""
 DEFAULT_HTTP_IDLE_TIMEOUT = 30.0
+
+SERVER = b"chatroulette"
+"""The C{Server} header of every response: no software name or version."""
 
 # No inline script or style, no third-party origin: the client is plain files
 # from this server, talking WebSocket to this server.
@@ -66,6 +72,25 @@ class StaticFiles(File):
     def directoryListing(self) -> Resource:
         return self.forbidden
 
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        # A path segment that is not UTF-8 (GET /%ff) is simply not found;
+        # static.File would also log a traceback for it.
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
+            return cast(Resource, self.childNotFound)
+        child: Resource = super().getChild(path, request)
+        return child
+
+
+def _short_answer(request: Request, code: int, reason: bytes, body: bytes) -> bytes:
+    """An error answer of one plain-text line, naming no software."""
+    request.setResponseCode(code, reason)  # Twisted has no reason phrase for 426
+    _security_headers(request)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return body
+
 
 class ChatWebSocketResource(WebSocketResource):
     """
@@ -77,6 +102,20 @@ class ChatWebSocketResource(WebSocketResource):
     """
 
     def render(self, request: Request) -> bytes | int:
+        if request.clientproto != b"HTTP/1.1":
+            # RFC 6455 4.1: the opening handshake is an HTTP/1.1 request.
+            # Autobahn's resource rewrites the request line as HTTP/1.1, so
+            # it would upgrade an HTTP/1.0 request.
+            return _short_answer(request, 400, b"Bad Request", b"WebSocket connections need HTTP/1.1.\n")
+        upgrade = request.getHeader(b"upgrade") or b""
+        if b"websocket" not in [token.strip().lower() for token in upgrade.split(b",")]:
+            # Not a WebSocket handshake: Autobahn would answer with a page
+            # naming itself and its version.
+            request.setHeader(b"Upgrade", b"websocket")
+            request.setHeader(b"Connection", b"Upgrade")
+            return _short_answer(
+                request, 426, b"Upgrade Required", b"This address takes WebSocket connections only.\n"
+            )
         channel = request.channel
         transport: Any = channel.transport
         result: bytes | int = super().render(request)
@@ -208,6 +247,9 @@ class GuardedChannel(HTTPChannel):
 
     site: GuardedSite
     totalHeadersSize = MAX_REQUEST_HEADER_BYTES
+    # The longest single line (request line or header); LineReceiver's own
+    # answer to a longer one is to drop the connection without a word.
+    MAX_LENGTH = MAX_REQUEST_HEADER_BYTES
     _deadline: IDelayedCall | None = None
     _body_bytes = 0
     _refused = False
@@ -268,12 +310,19 @@ class GuardedChannel(HTTPChannel):
         super().rawDataReceived(data)
 
     def _refuse_body(self) -> None:
+        self.site.chat.refused["request_too_large"] += 1
+        self._refuse(b"413 Content Too Large")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse(b"400 Bad Request")
+
+    def _refuse(self, status: bytes) -> None:
+        """Answer C{status} with no body, close, and ignore whatever else arrives."""
         self._refused = True
         self._cancel_deadline()
-        self.site.chat.refused["request_too_large"] += 1
         assert self.transport is not None
         self.transport.write(
-            b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            b"HTTP/1.1 " + status + b"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         )
         self.transport.loseConnection()
 
@@ -291,23 +340,117 @@ class GuardedChannel(HTTPChannel):
         self.loseConnection()
 
 
+class ChatRequest(Request):
+    """A request whose response's C{Server} header is L{SERVER}, not Twisted's C{TwistedWeb/x.y}."""
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if (name.encode() if isinstance(name, str) else name).lower() == b"server":
+            value = SERVER
+        super().setHeader(name, value)
+
+
+def _log_field(value: bytes) -> str:
+    """A request field as the access log shows it: printable ASCII, escapes for the rest."""
+    return value.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+@implementer(ILogObserver)
+class _PortLog:
+    """
+    The observer of a listening port's own log events, which passes them on
+    with any C{address} field (the EMFILE recovery lines name each socket
+    closed unanswered) labelled like every other address in the logs.
+    """
+
+    def __init__(self, label: Callable[[str], str], observer: ILogObserver) -> None:
+        self._label = label
+        self._observer = observer
+
+    def __call__(self, event: LogEvent) -> None:
+        address = event.get("address")
+        if isinstance(address, tuple) and address:
+            event = dict(event, address=self._label(str(address[0])))
+        self._observer(event)
+
+
+def _unname_connection(transport: ITransport | None, label: Callable[[str], str]) -> None:
+    """
+    Keep the client's address out of the log lines Twisted writes about a
+    TCP connection and its listening port (see L{ChannelProtocol}).
+    """
+    while transport is not None and not isinstance(transport, tcp.Server):
+        transport = getattr(transport, "transport", None)  # under TLS: the TCP connection
+    if transport is None:
+        return
+    # tcp.Server.logstr is "<protocol's logPrefix>,<session>,<client address>",
+    # set when the connection is accepted, before the protocol hears of it.
+    host = str(getattr(transport.getPeer(), "host", ""))
+    prefix = transport.logstr.rsplit(",", 1)[0]
+    hashed = label(host)
+    transport.logstr = prefix if hashed == "-" else f"{prefix},{hashed}"
+    port = transport.server
+    # The port logs through its class's private Logger, in
+    # twisted.internet.tcp.Port.doRead (EMFILE recovery); give this port one
+    # of its own, once, that labels addresses.  This is the only private
+    # attribute of Twisted's set here.
+    if port is not None and not isinstance(port._logger.observer, _PortLog):
+        logger = port._logger
+        port._logger = Logger(logger.namespace, observer=_PortLog(label, logger.observer))
+
+
+@implementer(ILoggingContext)
+class ChannelProtocol(_GenericHTTPChannelProtocol):
+    """
+    Twisted's HTTP protocol (the wrapper that L{Site} connections use), with
+    a log context that never shows the client's address.
+
+    Twisted tags every legacy log line written while it handles a connection
+    (an unhandled error, static.File's complaints, the reactor's "Unhandled
+    Error") with the TCP transport's log prefix, which ends with the client's
+    address; and a listening port's EMFILE recovery lines name the address
+    of each connection it closes.  Both show the address labelled as
+    C{--log-addresses} says (hashed, or not at all) instead.  This also holds
+    once a WebSocket has taken over the connection.
+    """
+
+    def logPrefix(self) -> str:
+        return "HTTPChannel"
+
+    def makeConnection(self, transport: ITransport) -> None:
+        _unname_connection(transport, self.site.chat.address_label)
+        super().makeConnection(transport)
+
+
 class GuardedSite(Site):
     """A C{Site} whose connections are L{GuardedChannel}s, timed on the chat factory's clock."""
+
+    requestFactory = ChatRequest
 
     def __init__(self, root: Resource, chat: ChatServerFactory, **kwargs: Any) -> None:
         def access_log(timestamp: str, request: Request) -> str:
             # The combined log format, with the address hashed or dropped
-            # (--log-addresses) instead of in the clear.
-            line: str = combinedLogFormatter(timestamp, request)
+            # (--log-addresses) instead of in the clear.  Without addresses
+            # the line keeps no more of the request than its path: no query
+            # string, Referer or User-Agent, which can identify a person too.
             host = str(getattr(request.getClientAddress(), "host", "-"))
-            return f'"{chat.address_label(host)}"' + line[line.index('"', 1) + 1 :]
+            if chat.settings.log_addresses:
+                target = request.uri
+                referrer = request.getHeader(b"referer") or b"-"
+                agent = request.getHeader(b"user-agent") or b"-"
+            else:
+                target, referrer, agent = request.path, b"-", b"-"
+            return (
+                f'"{chat.address_label(host)}" - - {timestamp} '
+                f'"{_log_field(request.method)} {_log_field(target)} {_log_field(request.clientproto)}" '
+                f'{request.code} {request.sentLength or "-"} "{_log_field(referrer)}" "{_log_field(agent)}"'
+            )
 
         super().__init__(root, reactor=chat.clock, logFormatter=access_log, **kwargs)
         self.chat = chat
         self.request_timeout = chat.settings.open_handshake_timeout
 
-    def protocol(self) -> _GenericHTTPChannelProtocol:
-        return _GenericHTTPChannelProtocol(GuardedChannel())
+    def protocol(self) -> ChannelProtocol:
+        return ChannelProtocol(GuardedChannel())
 
 
 def build_site(

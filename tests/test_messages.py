@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette import messages
@@ -104,6 +106,61 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(parse_client_frame('{"type":"report","reason":null}'), Report(""))
         self.assertRefused(json.dumps({"type": "report", "reason": "x" * 201}))
         self.assertRefused('{"type":"report","reason":[]}')
+
+
+# Characters that show nothing: whitespace, format characters (Unicode
+# category Cf) and the Hangul fillers.
+FORMAT_CHARACTERS = "\u00ad\u061c\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202e\u2060\u2064\u2066\u206f\ufeff\U000e0001\U000e0041"
+HANGUL_FILLERS = "\u115f\u1160\u3164\uffa0"
+WHITESPACE = " \t\n\r\x0b\x0c\x1c\x85\xa0\u1680\u2000\u200a\u2028\u2029\u202f\u205f\u3000"
+BLANK = FORMAT_CHARACTERS + HANGUL_FILLERS + WHITESPACE
+blank_text = st.text(alphabet=st.sampled_from(BLANK) | st.characters(categories=["Cf"]), max_size=40)
+visible_character = st.characters(
+    exclude_categories=["Cs", "Cf", "Cc", "Zs", "Zl", "Zp"], exclude_characters=HANGUL_FILLERS
+)
+
+
+def message_frame(text: str) -> str:
+    return json.dumps({"type": "message", "text": text})
+
+
+class InvisibleTextTests(SynchronousTestCase):
+    def refusal(self, payload: str) -> tuple[str, str]:
+        with self.assertRaises(ProtocolError) as e:
+            parse_client_frame(payload)
+        return e.exception.code, e.exception.message
+
+    def test_invisible_messages_refused_as_empty(self) -> None:
+        """Messages of only zero-width, format or Hangul filler characters are refused like an empty one."""
+        empty = self.refusal(message_frame(""))
+        for text in [*BLANK, "\u200b" * 2000, " \u200b\n\u3164\ufeff ", "\u2060\u2060", "\U000e0020"]:
+            self.assertEqual(self.refusal(message_frame(text)), empty, ascii(text))
+
+    def test_visible_text_kept_unchanged(self) -> None:
+        """Text with visible characters among invisible ones is accepted exactly as sent."""
+        for text in ["a\u200bb", "\u200bhi", "\ufeffhello\u2060", "\U0001f468\u200d\U0001f469", "\u3164x", "\u0600\u0661"]:
+            self.assertEqual(parse_client_frame(message_frame(text)), Message(text), ascii(text))
+
+    def test_invisible_interests_refused_as_empty(self) -> None:
+        """An interest of only invisible characters is refused like an empty one; one with visible ones is kept."""
+        empty = self.refusal(json.dumps({"type": "find", "interests": [""]}))
+        for interest in ["\u200b", "\u3164", " \ufeff ", "\u115f\u1160", "\uffa0"]:
+            self.assertEqual(self.refusal(json.dumps({"type": "find", "interests": [interest]})), empty)
+        frame = parse_client_frame(json.dumps({"type": "find", "interests": ["Mu\u200bsic"]}))
+        self.assertEqual(frame, Find(("mu\u200bsic",)))
+
+    @settings(max_examples=300)
+    @given(blank_text)
+    def test_blank_text_always_refused(self, text: str) -> None:
+        """Any text made only of whitespace, format characters and Hangul fillers is refused as empty."""
+        self.assertEqual(self.refusal(message_frame(text)), self.refusal(message_frame("")))
+
+    @settings(max_examples=300)
+    @given(blank_text, visible_character, blank_text)
+    def test_one_visible_character_is_enough(self, before: str, visible: str, after: str) -> None:
+        """Any visible character among invisible ones makes the message valid, and it is relayed unchanged."""
+        text = before + visible + after
+        self.assertEqual(parse_client_frame(message_frame(text)), Message(text))
 
 
 class EncodeTests(SynchronousTestCase):
