@@ -12,12 +12,13 @@ exists with the shape this module expects.  If one is missing or has
 changed, L{Hooks.detect} turns every hook off with one warning and the
 service runs on public APIs only: slower, equally correct.
 
-C{--no-fast-path} turns off the speed hooks (L{Hooks.fast}).  Three hooks
+C{--no-fast-path} turns off the speed hooks (L{Hooks.fast}).  Four hooks
 are not about speed and stay on unless the self-check fails, each with a
 public fallback: Autobahn's timers on the injected clock (L{use_clock},
 L{cancel_close_timer}), protocol close codes (L{send_close_frame}; Autobahn's
-public C{sendClose} refuses 1001, 1003 and 1008) and exit status 0 after a
-graceful stop (L{graceful_exit}).
+public C{sendClose} refuses 1001, 1003 and 1008), exit status 0 after a
+graceful stop (L{graceful_exit}) and no client address in Twisted's own log
+lines about connections (L{hide_address_in_logs}).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from twisted.internet import abstract, tcp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.error import ConnectionDone
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger
+from zope.interface import implementer
 from twisted.python.failure import Failure
 
 _log = Logger()
@@ -90,6 +92,48 @@ def write_through(transport: ITransport | None, data: bytes) -> None:
                 return
             data = data[sent:]
     transport.write(data)
+
+
+@implementer(ILogObserver)
+class _PortLog:
+    """
+    The observer of a listening port's own log events, which passes them on
+    with any C{address} field (the EMFILE recovery lines name each socket
+    closed unanswered) labelled like every other address in the logs.
+    """
+
+    def __init__(self, label: Callable[[str], str], observer: ILogObserver) -> None:
+        self._label = label
+        self._observer = observer
+
+    def __call__(self, event: LogEvent) -> None:
+        address = event.get("address")
+        if isinstance(address, tuple) and address:
+            event = dict(event, address=self._label(str(address[0])))
+        self._observer(event)
+
+
+def hide_address_in_logs(transport: object, label: Callable[[str], str]) -> None:
+    """
+    Keep a client's address out of the log lines Twisted writes about its TCP
+    connection and listening port: the connection's log prefix
+    (C{tcp.Server.logstr}, "<protocol's logPrefix>,<session>,<address>", set
+    when the connection is accepted) and the port's EMFILE recovery lines
+    (written through the port class's private C{_logger}, which this gives
+    the port a labelling one of its own, once).
+    """
+    while transport is not None and not isinstance(transport, tcp.Server):
+        transport = getattr(transport, "transport", None)  # under TLS: the TCP connection
+    if transport is None:
+        return
+    host = str(getattr(transport.getPeer(), "host", ""))
+    prefix = transport.logstr.rsplit(",", 1)[0]
+    hashed = label(host)
+    transport.logstr = prefix if hashed == "-" else f"{prefix},{hashed}"
+    port = transport.server
+    if port is not None and not isinstance(port._logger.observer, _PortLog):
+        logger = port._logger
+        port._logger = Logger(logger.namespace, observer=_PortLog(label, logger.observer))
 
 
 def graceful_exit(reactor: object) -> None:
@@ -264,6 +308,12 @@ def _check_autobahn(problems: list[str]) -> None:
     protocol.connectionLost(Failure(ConnectionDone()))
 
 
+class _PortProbe:
+    """Stands in for a listening port while the self-check builds a TCP connection."""
+
+    _realPortNumber = 1
+
+
 def _check_twisted(problems: list[str]) -> None:
     _expect(problems, "FileDescriptor.dataBuffer is bytes",
             lambda: isinstance(abstract.FileDescriptor.dataBuffer, bytes))
@@ -275,12 +325,21 @@ def _check_twisted(problems: list[str]) -> None:
         _expect(problems, "FileDescriptor._tempDataLen starts at 0",
                 lambda: connection._tempDataLen == 0)
         _expect(problems, "tcp.Connection.socket is the socket", lambda: connection.socket is one)
+        server = tcp.Server(
+            one, None, ("127.0.0.1", 1), _PortProbe(), 7, MemoryReactorClock()  # type: ignore[arg-type]
+        )
+        _expect(problems, "tcp.Server.logstr ends with the client's address",
+                lambda: server.logstr.endswith(",7,127.0.0.1"))
+        _expect(problems, "tcp.Server.server is the listening port",
+                lambda: isinstance(server.server, _PortProbe))
     finally:
         one.close()
         other.close()
     from twisted.internet import base
 
     _expect(problems, "ReactorBase._exitSignal", lambda: base.ReactorBase._exitSignal is None)
+    _expect(problems, "tcp.Port._logger is a Logger with an observer",
+            lambda: isinstance(tcp.Port._logger, Logger) and hasattr(tcp.Port._logger, "observer"))
 
 
 @functools.cache
@@ -304,17 +363,20 @@ class Hooks:
     injected clock, and no closing timer outliving its connection; fallback:
     txaio's timers on the reactor), C{close_frame} (L{send_close_frame};
     fallback: close 1000 with the reason) and C{exit_signal}
-    (L{graceful_exit}; fallback: exit "killed by SIGTERM").
+    (L{graceful_exit}; fallback: exit "killed by SIGTERM"), C{log_privacy}
+    (L{hide_address_in_logs}; fallback: Twisted's connection log prefix and
+    EMFILE lines show client addresses).
     """
 
     fast: bool = True
     clock: bool = True
     close_frame: bool = True
     exit_signal: bool = True
+    log_privacy: bool = True
 
     @classmethod
     def public_only(cls) -> Hooks:
-        return cls(False, False, False, False)
+        return cls(False, False, False, False, False)
 
     @classmethod
     def detect(cls, fast_path: bool = True) -> Hooks:

@@ -14,17 +14,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, ILoggingContext, IProtocol, ITCPTransport, ITransport
-from twisted.logger import ILogObserver, LogEvent, Logger
+from twisted.internet.interfaces import IDelayedCall, IProtocol, ITCPTransport, ITransport
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 from zope.interface import implementer
 
 from .messages import ERROR_CODES
+from .internals import hide_address_in_logs
 from .protocol import ChatServerFactory
 
 MAX_REQUEST_HEADER_BYTES = 16 * 1024
@@ -253,8 +252,26 @@ class GuardedChannel(HTTPChannel):
     _deadline: IDelayedCall | None = None
     _body_bytes = 0
     _refused = False
+    # Between a request's last byte and its response's end (Twisted keeps
+    # its own flag for this, privately).
+    _busy = False
     # The WebSocket protocol that took this connection over, if any.
     upgraded: IProtocol | None = None
+
+    def logPrefix(self) -> str:
+        # Twisted tags legacy log lines written while it handles this
+        # connection with the transport's log prefix: "<this>,<session>,<address>".
+        return "HTTPChannel"
+
+    def makeConnection(self, transport: ITransport) -> None:
+        # Keep the client's address out of the log lines Twisted writes about
+        # this connection and its listening port (--log-addresses): labelled
+        # (hashed) or left out, like every other address in the logs.  This
+        # also holds once a WebSocket has taken the connection over.
+        chat = self.site.chat
+        if chat.hooks.log_privacy:
+            hide_address_in_logs(transport, chat.address_label)
+        super().makeConnection(transport)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -277,7 +294,7 @@ class GuardedChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._deadline is None and not self._handlingRequest:
+        if self._deadline is None and not self._busy:
             # The first byte of the next request on a kept-alive connection.
             self._start_deadline()
         super().dataReceived(data)
@@ -302,7 +319,7 @@ class GuardedChannel(HTTPChannel):
             return
         if self._refused:
             return
-        if not self._handlingRequest:
+        if not self._busy:
             self._body_bytes += len(data)
             if self._body_bytes > MAX_REQUEST_BODY_BYTES + 1024:  # room for chunk framing
                 self._refuse_body()
@@ -328,7 +345,12 @@ class GuardedChannel(HTTPChannel):
 
     def allContentReceived(self) -> None:
         self._cancel_deadline()
+        self._busy = True
         super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        self._busy = False
+        super().requestDone(request)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancel_deadline()
@@ -352,73 +374,6 @@ class ChatRequest(Request):
 def _log_field(value: bytes) -> str:
     """A request field as the access log shows it: printable ASCII, escapes for the rest."""
     return value.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
-
-
-@implementer(ILogObserver)
-class _PortLog:
-    """
-    The observer of a listening port's own log events, which passes them on
-    with any C{address} field (the EMFILE recovery lines name each socket
-    closed unanswered) labelled like every other address in the logs.
-    """
-
-    def __init__(self, label: Callable[[str], str], observer: ILogObserver) -> None:
-        self._label = label
-        self._observer = observer
-
-    def __call__(self, event: LogEvent) -> None:
-        address = event.get("address")
-        if isinstance(address, tuple) and address:
-            event = dict(event, address=self._label(str(address[0])))
-        self._observer(event)
-
-
-def _unname_connection(transport: ITransport | None, label: Callable[[str], str]) -> None:
-    """
-    Keep the client's address out of the log lines Twisted writes about a
-    TCP connection and its listening port (see L{ChannelProtocol}).
-    """
-    while transport is not None and not isinstance(transport, tcp.Server):
-        transport = getattr(transport, "transport", None)  # under TLS: the TCP connection
-    if transport is None:
-        return
-    # tcp.Server.logstr is "<protocol's logPrefix>,<session>,<client address>",
-    # set when the connection is accepted, before the protocol hears of it.
-    host = str(getattr(transport.getPeer(), "host", ""))
-    prefix = transport.logstr.rsplit(",", 1)[0]
-    hashed = label(host)
-    transport.logstr = prefix if hashed == "-" else f"{prefix},{hashed}"
-    port = transport.server
-    # The port logs through its class's private Logger, in
-    # twisted.internet.tcp.Port.doRead (EMFILE recovery); give this port one
-    # of its own, once, that labels addresses.  This is the only private
-    # attribute of Twisted's set here.
-    if port is not None and not isinstance(port._logger.observer, _PortLog):
-        logger = port._logger
-        port._logger = Logger(logger.namespace, observer=_PortLog(label, logger.observer))
-
-
-@implementer(ILoggingContext)
-class ChannelProtocol(_GenericHTTPChannelProtocol):
-    """
-    Twisted's HTTP protocol (the wrapper that L{Site} connections use), with
-    a log context that never shows the client's address.
-
-    Twisted tags every legacy log line written while it handles a connection
-    (an unhandled error, static.File's complaints, the reactor's "Unhandled
-    Error") with the TCP transport's log prefix, which ends with the client's
-    address; and a listening port's EMFILE recovery lines name the address
-    of each connection it closes.  Both show the address labelled as
-    C{--log-addresses} says (hashed, or not at all) instead.  This also holds
-    once a WebSocket has taken over the connection.
-    """
-
-    def logPrefix(self) -> str:
-        return "HTTPChannel"
-
-    def makeConnection(self, transport: ITransport) -> None:
-        _unname_connection(transport, self.site.chat.address_label)
-        super().makeConnection(transport)
 
 
 class GuardedSite(Site):
@@ -449,8 +404,9 @@ class GuardedSite(Site):
         self.chat = chat
         self.request_timeout = chat.settings.open_handshake_timeout
 
-    def protocol(self) -> ChannelProtocol:
-        return ChannelProtocol(GuardedChannel())
+    # Twisted annotates this as its private HTTP/1.1-or-2 wrapper; any
+    # HTTPChannel works, and this server speaks HTTP/1.1 only.
+    protocol = GuardedChannel  # type: ignore[assignment]
 
 
 def build_site(
