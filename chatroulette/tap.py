@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from .limits import Origin
+from .listening import ListeningService
 from .lobby import DEFAULT_INTEREST_TIMEOUT, DEFAULT_REPEAT_COOLDOWN, Clock, Lobby
 from .messages import MAX_TEXT_CHARS
 from .moderation import (
@@ -27,7 +28,7 @@ from .moderation import (
 from .protocol import ChatServerFactory, Settings
 from .randomness import BlockSystemRandom
 from .service import DEFAULT_SHUTDOWN_TIMEOUT, ChatService
-from .web import DEFAULT_HTTP_IDLE_TIMEOUT, build_site, default_static_dir
+from .web import DEFAULT_HTTP_IDLE_TIMEOUT, WEBSOCKET_PATH, build_site, default_static_dir
 
 DEFAULT_LISTEN = "tcp:8080"
 _DEFAULTS = Settings()
@@ -393,7 +394,7 @@ def makeService(options: Options) -> service.MultiService:
     factory = ChatServerFactory(lobby, clock, options.settings(), moderation=moderation)
     site = build_site(factory, options["static"], idle_timeout=options["http-idle-timeout"])
     for description in options["listen"]:
-        strports.service(description, site, reactor).setServiceParent(top)
+        ListeningService(description, site, reactor, WEBSOCKET_PATH).setServiceParent(top)
     ChatService(
         factory, clock, store, options["shutdown-timeout"], reactor=reactor
     ).setServiceParent(top)

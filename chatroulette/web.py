@@ -29,6 +29,8 @@ MAX_REQUEST_HEADER_BYTES = 16 * 1024
 MAX_REQUEST_BODY_BYTES = 64 * 1024
 """Nothing here takes a request body; bigger ones are answered 413."""
 DEFAULT_HTTP_IDLE_TIMEOUT = 30.0
+WEBSOCKET_PATH = "/ws"
+"""Where the chat's WebSocket is served."""
 
 # No inline script or style, no third-party origin: the client is plain files
 # from this server, talking WebSocket to this server.
@@ -176,7 +178,7 @@ class Metrics(Resource):
 def build_root(factory: ChatServerFactory, static_dir: Path | None = None) -> Resource:
     """The resource tree: C{/}, C{/ws}, C{/healthz}, C{/metrics}."""
     root = StaticFiles(str(static_dir or default_static_dir()))
-    root.putChild(b"ws", ChatWebSocketResource(factory))
+    root.putChild(WEBSOCKET_PATH.strip("/").encode(), ChatWebSocketResource(factory))
     root.putChild(b"healthz", Health(factory))
     registry = CollectorRegistry()
     registry.register(ChatCollector(factory))
