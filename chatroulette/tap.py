@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from twisted.application import service, strports
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python import usage
 
 from .limits import Origin
 from .listening import ListeningService
+from .logsetup import DEFAULT_LEVEL, LEVELS, LogSetup, level_named
 from .lobby import DEFAULT_INTEREST_TIMEOUT, DEFAULT_REPEAT_COOLDOWN, Clock, Lobby
 from .messages import MAX_TEXT_CHARS
 from .moderation import (
@@ -89,6 +90,13 @@ def _yes_no(name: str) -> Any:
 
     coerce.coerceDoc = "yes or no."  # type: ignore[attr-defined]
     return coerce
+
+
+def _log_level(value: str) -> Any:
+    return level_named(value)
+
+
+_log_level.coerceDoc = f"One of {', '.join(LEVELS)}."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -254,6 +262,16 @@ class Options(usage.Options):
             _yes_no("log-addresses"),
         ],
         [
+            "log-level",
+            None,
+            DEFAULT_LEVEL.name,
+            "Write log events of this level and above, from every source (this server, "
+            "Autobahn, Twisted); chatroulette's and Autobahn's events below it are not even "
+            "built. debug adds a line per chat started and per chat left. "
+            "Under twist, twist's own --log-level (given before the plugin name) filters too.",
+            _log_level,
+        ],
+        [
             "report-ban-threshold",
             None,
             DEFAULT_REPORT_BAN_THRESHOLD,
@@ -337,6 +355,8 @@ class Options(usage.Options):
                 self["static"] = default_static_dir()
             except FileNotFoundError as e:
                 raise usage.UsageError(str(e))
+        if isinstance(self["log-level"], str):
+            self["log-level"] = level_named(self["log-level"])
         if isinstance(self["log-addresses"], str):
             self["log-addresses"] = _yes_no("log-addresses")(self["log-addresses"])
         if not self["handshake-timeout"]:
@@ -377,7 +397,7 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     clock = cast(IReactorTime, reactor)
-    top = service.MultiService()
+    top = LogSetup(options["log-level"], cast(IReactorCore, reactor))
     lobby = Lobby(
         cast(Clock, clock),
         BlockSystemRandom(),
