@@ -1,6 +1,7 @@
 """
-The log configuration the service runs under: C{--log-level} for every
-source (this package's loggers, Autobahn's, Twisted's).
+The log configuration the service runs under, for every source (this
+package's loggers, Autobahn's, Twisted's): C{--log-level}, and the log
+budget for lines about refused or malformed requests (L{logbudget}).
 
 twistd and twist choose the log observers (the log file, C{--logger},
 syslog, twist's own level filter) and install them after C{makeService}:
@@ -18,7 +19,7 @@ from typing import Any, Callable, Iterable
 from txaio import tx as txaio_twisted
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -28,6 +29,8 @@ from twisted.logger import (
     Logger,
     globalLogPublisher,
 )
+
+from .logbudget import DEFAULT_BYTES_PER_SECOND, DEFAULT_LINES_PER_SECOND, LogBudget
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
 DEFAULT_LEVEL = LogLevel.info
@@ -160,38 +163,40 @@ def wrap_observers(
     return restore
 
 
-def level_filter(level: LogLevel) -> Callable[[ILogObserver], ILogObserver]:
-    """Wraps an observer so that it sees only events at C{level} and above."""
-
-    def wrap(observer: ILogObserver) -> ILogObserver:
-        return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level)])
-
-    return wrap
-
-
 class LogSetup(MultiService):
     """
     A C{MultiService} whose children run under the log configuration:
-    events below C{level} are not written, whoever logs them.
+    events below C{level} are not written, whoever logs them, and events
+    about refused or malformed requests, whoever logs them, share one
+    L{LogBudget} of C{refused_lines} lines and C{refused_bytes} bytes a
+    second (0: no limit).
 
     This package's and Autobahn's loggers are leveled before the first child
-    starts; the installed observers are wrapped once C{reactor} runs (the
-    first moment both twistd and twist have installed theirs, and before
-    any client can connect).  Both last until the last child has stopped,
-    graceful shutdown included.
+    starts; the installed observers are wrapped (level filter, then budget)
+    once C{reactor} runs: the first moment both twistd and twist have
+    installed theirs, and before any client can connect.  Both last until
+    the last child has stopped, graceful shutdown included.
     """
 
     def __init__(
         self,
         level: LogLevel,
         reactor: IReactorCore,
+        clock: IReactorTime,
+        refused_lines: float = DEFAULT_LINES_PER_SECOND,
+        refused_bytes: float = DEFAULT_BYTES_PER_SECOND,
         publisher: LogPublisher = globalLogPublisher,
     ) -> None:
         super().__init__()
         self.level = level
+        self.refused_lines = refused_lines
+        self.refused_bytes = refused_bytes
         self._reactor = reactor
+        self._clock = clock
         self._publisher = publisher
         self._undo: list[Callable[[], None]] | None = None
+        self.budget: LogBudget | None = None
+        """The budget, while the observers are wrapped."""
 
     def privilegedStartService(self) -> None:
         self._apply()
@@ -217,20 +222,33 @@ class LogSetup(MultiService):
         self._undo = [level_loggers(self.level, our_modules()), level_txaio(self.level)]
         self._reactor.callWhenRunning(self._wrap, self._undo)
 
+    def _chain(self, observers: ILogObserver) -> ILogObserver:
+        # The summary of dropped lines is an ordinary event, logged from the
+        # top: through the level filter, past the budget.
+        self.budget = LogBudget(
+            observers, self._clock, self.refused_lines, self.refused_bytes, summary_observer=self._publisher
+        )
+        return FilteringLogObserver(self.budget, [LogLevelFilterPredicate(defaultLogLevel=self.level)])
+
     def _wrap(self, undo: list[Callable[[], None]]) -> None:
         if undo is not self._undo:
             return  # stopped (and maybe started again) before the reactor ran
-        restore = wrap_observers(self._publisher, level_filter(self.level))
+        restore = wrap_observers(self._publisher, self._chain)
         if restore is None:
             _log.warn(
-                "--log-level applies only to chatroulette's and Autobahn's own events: "
-                "this version of Twisted does not let the log observers be wrapped",
+                "this version of Twisted does not let the log observers be wrapped: "
+                "--log-level applies to chatroulette's and Autobahn's events only, "
+                "and there is no log budget",
                 event="log_setup",
             )
-        else:
-            undo.append(restore)
+            return
+        undo.append(restore)
+        budget = self.budget
+        assert budget is not None
+        undo.append(budget.summarise)  # undone first: the last drops are told
 
     def _restore(self) -> None:
         undo, self._undo = self._undo, None
         for step in reversed(undo or []):
             step()
+        self.budget = None

@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from .limits import Origin
 from .listening import ListeningService
+from .logbudget import CLIENT_TEXT_LIMIT, DEFAULT_BYTES_PER_SECOND, DEFAULT_LINES_PER_SECOND
 from .logsetup import DEFAULT_LEVEL, LEVELS, LogSetup, level_named
 from .lobby import DEFAULT_INTEREST_TIMEOUT, DEFAULT_REPEAT_COOLDOWN, Clock, Lobby
 from .messages import MAX_TEXT_CHARS
@@ -272,6 +273,27 @@ class Options(usage.Options):
             _log_level,
         ],
         [
+            "refused-log-lines",
+            None,
+            DEFAULT_LINES_PER_SECOND,
+            "Log lines per second the whole server may write about refused or malformed "
+            "requests, whoever logs them (Autobahn's handshake failures, Twisted's web "
+            "server, this server's refusals and limits, access-log lines of 4xx answers), "
+            "loopback clients included; a burst of one second's worth. Lines over it are "
+            "dropped and counted in a summary line once a second. Other lines are never "
+            f"dropped. In those lines client-chosen text is capped at {CLIENT_TEXT_LIMIT} "
+            "characters, escaped, whatever the limit. 0: no limit.",
+            _rate("refused-log-lines"),
+        ],
+        [
+            "refused-log-bytes",
+            None,
+            DEFAULT_BYTES_PER_SECOND,
+            "Bytes of message per second those lines may take, shared the same way "
+            "(0: no limit).",
+            _rate("refused-log-bytes"),
+        ],
+        [
             "report-ban-threshold",
             None,
             DEFAULT_REPORT_BAN_THRESHOLD,
@@ -397,7 +419,13 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     clock = cast(IReactorTime, reactor)
-    top = LogSetup(options["log-level"], cast(IReactorCore, reactor))
+    top = LogSetup(
+        options["log-level"],
+        cast(IReactorCore, reactor),
+        clock,
+        refused_lines=options["refused-log-lines"],
+        refused_bytes=options["refused-log-bytes"],
+    )
     lobby = Lobby(
         cast(Clock, clock),
         BlockSystemRandom(),

@@ -136,7 +136,8 @@ class LeveledLoggerTests(SynchronousTestCase):
 
 class LogSetupTests(SynchronousTestCase):
     def start(self, level: LogLevel, publisher: LogPublisher | None = None) -> LogSetup:
-        setup = LogSetup(level, running(), publisher if publisher is not None else LogPublisher())
+        reactor = running()
+        setup = LogSetup(level, reactor, reactor, publisher=publisher if publisher is not None else LogPublisher())
         setup.startService()
         self.addCleanup(self.stop, setup)
         return setup
@@ -209,7 +210,7 @@ class LogSetupTests(SynchronousTestCase):
         events, observer = recorder()
         publisher = LogPublisher()
         reactor = MemoryReactorClock()
-        setup = LogSetup(LogLevel.warn, reactor, publisher)
+        setup = LogSetup(LogLevel.warn, reactor, reactor, publisher=publisher)
         setup.startService()
         self.addCleanup(self.stop, setup)
         self.assertIsInstance(protocol._pair_log, leveled_logger_class(LogLevel.warn))
@@ -225,7 +226,7 @@ class LogSetupTests(SynchronousTestCase):
         events, observer = recorder()
         publisher = LogPublisher(observer)
         reactor = MemoryReactorClock()
-        setup = LogSetup(LogLevel.warn, reactor, publisher)
+        setup = LogSetup(LogLevel.warn, reactor, reactor, publisher=publisher)
         setup.startService()
         setup.stopService()
         reactor.run()
@@ -273,7 +274,8 @@ class LogSetupTests(SynchronousTestCase):
                 return stopping
 
         original = protocol._pair_log
-        setup = LogSetup(LogLevel.info, running(), LogPublisher())
+        reactor = running()
+        setup = LogSetup(LogLevel.info, reactor, reactor, publisher=LogPublisher())
         Child().setServiceParent(setup)
         setup.startService()
         self.assertIsNot(seen[0], original)
