@@ -116,7 +116,7 @@ def capped_event(event: Mapping[str, Any], limit: int = CLIENT_TEXT_LIMIT) -> tu
     message is replaced by the original one, itself capped to C{limit}.
     """
     capped = {
-        key: client_text(value, limit) if isinstance(value, (str, bytes)) and key not in _FRAME_FIELDS else value
+        key: value if key in _FRAME_FIELDS or not isinstance(value, (str, bytes)) else client_text(value, limit)
         for key, value in event.items()
     }
     message = formatEvent(capped)

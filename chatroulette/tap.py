@@ -415,7 +415,10 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.MultiService:
-    """The service tree: one listening service per --listen endpoint, one shared site."""
+    """
+    The service tree: one listening service per --listen endpoint, one shared
+    site, all under the log configuration (--log-level and the log budget).
+    """
     from twisted.internet import reactor
 
     clock = cast(IReactorTime, reactor)

@@ -449,11 +449,7 @@ async def captured() -> AsyncIterator[Capture]:
 
 @pytest_twisted.ensureDeferred
 async def test_malformed_handshake_flood_within_budget(captured: Capture) -> None:
-    """
-    300 malformed or refused handshakes with 15 KB of text each, from
-    loopback: the log stays within the budget with client text capped, a
-    summary tells the rest, and a chat meanwhile goes on.
-    """
+    """300 malformed handshakes with 15 KB each from loopback: log within budget, text capped, a summary, chat unhurt."""
     started = reactor.seconds()
     running = await RunningService.start()
     try:

@@ -202,11 +202,7 @@ class LogSetupTests(SynchronousTestCase):
         self.assertEqual([e["log_format"] for e in events], ["loud", "again"])
 
     def test_observers_wrapped_once_the_reactor_runs(self) -> None:
-        """
-        Started before the reactor runs (as twist does, before installing its
-        observers), ours are leveled at once and the observers installed by
-        the time the reactor runs are filtered from then on.
-        """
+        """Started before the reactor runs (as under twist), ours are leveled at once, the observers once it runs."""
         events, observer = recorder()
         publisher = LogPublisher()
         reactor = MemoryReactorClock()

@@ -99,11 +99,7 @@ async def test_clients_told_going_away_and_exit_0(command: list[str], signal: st
 async def test_chat_starts_logged_at_debug(
     command: list[str], plugin_args: tuple[str, ...], signal: str, logged: bool
 ) -> None:
-    """
-    Chat starts are debug events, written only with the plugin's --log-level
-    debug (twist's own --log-level must let them through too); connections
-    are logged either way.
-    """
+    """Chat starts (debug) are written only with the plugin's --log-level debug, and under twist with its own too."""
     process, transport, port = await start(command, plugin_args)
     url = f"ws://127.0.0.1:{port}/ws"
     try:
