@@ -211,10 +211,9 @@ async def test_service_logs_where_it_serves() -> None:
     """The service makeService builds logs one serving line per --listen, with the real port."""
     with capturedLogs() as events:
         running = await RunningService.start("--listen", "tcp:0:interface=127.0.0.1")
-    try:
-        urls = [e["url"] for e in serving_events(events)]
-        assert len(urls) == 2
-        assert f"http://127.0.0.1:{running.port}/" in urls
-        assert all(url.startswith("http://127.0.0.1:") and not url.endswith(":0/") for url in urls)
-    finally:
+        # Stopped inside: the service wraps the observers it finds, this one included.
         await running.stop()
+    urls = [e["url"] for e in serving_events(events)]
+    assert len(urls) == 2
+    assert f"http://127.0.0.1:{running.port}/" in urls
+    assert all(url.startswith("http://127.0.0.1:") and not url.endswith(":0/") for url in urls)

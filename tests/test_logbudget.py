@@ -314,6 +314,7 @@ class LogSetupBudgetTests(SynchronousTestCase):
         reactor.run()
         setup = LogSetup(LogLevel.info, reactor, reactor, refused_lines=10, publisher=publisher)
         setup.startService()
+        self.addCleanup(setup.stopService)
         for namespace in ("autobahn.websocket", "twisted.web.http.HTTPChannel", "chatroulette.protocol"):
             log = Logger(namespace=namespace, observer=publisher)
             for _ in range(10):
