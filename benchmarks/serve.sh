@@ -5,7 +5,8 @@
 # from one address and the saturation scenarios send as fast as they can.
 #
 # usage: benchmarks/serve.sh PORT [extra server options]
-# TWIST_OPTIONS (e.g. "--log-level debug") go to the twist runner itself.
+# TWIST_OPTIONS (e.g. "--log-level debug") go to the twist runner itself; to
+# log chat starts, give the server "--log-level debug" as well.
 set -e
 cd "$(dirname "$0")/.."
 port="$1"; shift

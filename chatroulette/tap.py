@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from twisted.application import service, strports
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python import usage
 
 from .limits import Origin
+from .listening import ListeningService
+from .logbudget import CLIENT_TEXT_LIMIT, DEFAULT_BYTES_PER_SECOND, DEFAULT_LINES_PER_SECOND
+from .logsetup import DEFAULT_LEVEL, LEVELS, LogSetup, level_named
 from .lobby import DEFAULT_INTEREST_TIMEOUT, DEFAULT_REPEAT_COOLDOWN, Clock, Lobby
 from .messages import MAX_TEXT_CHARS
 from .moderation import (
@@ -29,7 +32,7 @@ from .protocol import ChatServerFactory
 from .settings import Settings
 from .randomness import BlockSystemRandom
 from .service import DEFAULT_SHUTDOWN_TIMEOUT, ChatService
-from .web import DEFAULT_HTTP_IDLE_TIMEOUT, build_site, default_static_dir
+from .web import DEFAULT_HTTP_IDLE_TIMEOUT, WEBSOCKET_PATH, build_site, default_static_dir
 
 DEFAULT_LISTEN = "tcp:8080"
 _DEFAULTS = Settings()
@@ -88,6 +91,13 @@ def _yes_no(name: str) -> Any:
 
     coerce.coerceDoc = "yes or no."  # type: ignore[attr-defined]
     return coerce
+
+
+def _log_level(value: str) -> Any:
+    return level_named(value)
+
+
+_log_level.coerceDoc = f"One of {', '.join(LEVELS)}."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -254,6 +264,37 @@ class Options(usage.Options):
             _yes_no("log-addresses"),
         ],
         [
+            "log-level",
+            None,
+            DEFAULT_LEVEL.name,
+            "Write log events of this level and above, from every source (this server, "
+            "Autobahn, Twisted); chatroulette's and Autobahn's events below it are not even "
+            "built. debug adds a line per chat started and per chat left. "
+            "Under twist, twist's own --log-level (given before the plugin name) filters too.",
+            _log_level,
+        ],
+        [
+            "refused-log-lines",
+            None,
+            DEFAULT_LINES_PER_SECOND,
+            "Log lines per second the whole server may write about refused or malformed "
+            "requests, whoever logs them (Autobahn's handshake failures, Twisted's web "
+            "server, this server's refusals and limits, access-log lines of 4xx answers), "
+            "loopback clients included; a burst of one second's worth. Lines over it are "
+            "dropped and counted in a summary line once a second. Other lines are never "
+            f"dropped. In those lines client-chosen text is capped at {CLIENT_TEXT_LIMIT} "
+            "characters, escaped, whatever the limit. 0: no limit.",
+            _rate("refused-log-lines"),
+        ],
+        [
+            "refused-log-bytes",
+            None,
+            DEFAULT_BYTES_PER_SECOND,
+            "Bytes of message per second those lines may take, shared the same way "
+            "(0: no limit).",
+            _rate("refused-log-bytes"),
+        ],
+        [
             "report-ban-threshold",
             None,
             DEFAULT_REPORT_BAN_THRESHOLD,
@@ -338,6 +379,8 @@ class Options(usage.Options):
                 self["static"] = default_static_dir()
             except FileNotFoundError as e:
                 raise usage.UsageError(str(e))
+        if isinstance(self["log-level"], str):
+            self["log-level"] = level_named(self["log-level"])
         if isinstance(self["log-addresses"], str):
             self["log-addresses"] = _yes_no("log-addresses")(self["log-addresses"])
         if not self["handshake-timeout"]:
@@ -385,11 +428,20 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.MultiService:
-    """The service tree: one listening service per --listen endpoint, one shared site."""
+    """
+    The service tree: one listening service per --listen endpoint, one shared
+    site, all under the log configuration (--log-level and the log budget).
+    """
     from twisted.internet import reactor
 
     clock = cast(IReactorTime, reactor)
-    top = service.MultiService()
+    top = LogSetup(
+        options["log-level"],
+        cast(IReactorCore, reactor),
+        clock,
+        refused_lines=options["refused-log-lines"],
+        refused_bytes=options["refused-log-bytes"],
+    )
     lobby = Lobby(
         cast(Clock, clock),
         BlockSystemRandom(),
@@ -406,7 +458,7 @@ def makeService(options: Options) -> service.MultiService:
     factory = ChatServerFactory(lobby, clock, options.settings(), moderation=moderation)
     site = build_site(factory, options["static"], idle_timeout=options["http-idle-timeout"])
     for description in options["listen"]:
-        strports.service(description, site, reactor).setServiceParent(top)
+        ListeningService(description, site, reactor, WEBSOCKET_PATH).setServiceParent(top)
     ChatService(
         factory, clock, store, options["shutdown-timeout"], reactor=reactor
     ).setServiceParent(top)

@@ -16,12 +16,15 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IDelayedCall, IProtocol, ITCPTransport, ITransport
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.http import HTTPChannel, datetimeToLogString
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 from zope.interface import implementer
 
+from .logbudget import client_text
 from .messages import ERROR_CODES
 from .internals import hide_address_in_logs
 from .protocol import ChatServerFactory
@@ -31,6 +34,16 @@ MAX_REQUEST_HEADER_BYTES = 16 * 1024
 MAX_REQUEST_BODY_BYTES = 64 * 1024
 """Nothing here takes a request body; bigger ones are answered 413."""
 DEFAULT_HTTP_IDLE_TIMEOUT = 30.0
+WEBSOCKET_PATH = "/ws"
+"""Where the chat's WebSocket is served."""
+
+_access_log = Logger(namespace=f"{__name__}.access")
+
+
+def _field(value: bytes) -> str:
+    """A client-chosen part of an access-log line: escaped (quotes too) and capped."""
+    return client_text(value, escape='"')
+
 
 SERVER = b"chatroulette"
 """The C{Server} header of every response: no software name or version."""
@@ -214,7 +227,7 @@ class Metrics(Resource):
 def build_root(factory: ChatServerFactory, static_dir: Path | None = None) -> Resource:
     """The resource tree: C{/}, C{/ws}, C{/healthz}, C{/metrics}."""
     root = StaticFiles(str(static_dir or default_static_dir()))
-    root.putChild(b"ws", ChatWebSocketResource(factory))
+    root.putChild(WEBSOCKET_PATH.strip("/").encode(), ChatWebSocketResource(factory))
     root.putChild(b"healthz", Health(factory))
     registry = CollectorRegistry()
     registry.register(ChatCollector(factory))
@@ -371,11 +384,6 @@ class ChatRequest(Request):
         super().setHeader(name, value)
 
 
-def _log_field(value: bytes) -> str:
-    """A request field as the access log shows it: printable ASCII, escapes for the rest."""
-    return value.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
-
-
 class GuardedSite(Site):
     """A C{Site} whose connections are L{GuardedChannel}s, timed on the chat factory's clock."""
 
@@ -384,9 +392,12 @@ class GuardedSite(Site):
     def __init__(self, root: Resource, chat: ChatServerFactory, **kwargs: Any) -> None:
         def access_log(timestamp: str, request: Request) -> str:
             # The combined log format, with the address hashed or dropped
-            # (--log-addresses) instead of in the clear.  Without addresses
-            # the line keeps no more of the request than its path: no query
-            # string, Referer or User-Agent, which can identify a person too.
+            # (--log-addresses) instead of in the clear, and what the client
+            # chose (method, path, protocol, Referer, User-Agent) escaped and
+            # capped: a request line and headers may be 16 KB long.  Without
+            # addresses the line keeps no more of the request than its path:
+            # no query string, Referer or User-Agent, which can identify a
+            # person too.
             host = str(getattr(request.getClientAddress(), "host", "-"))
             if chat.settings.log_addresses:
                 target = request.uri
@@ -396,17 +407,27 @@ class GuardedSite(Site):
                 target, referrer, agent = request.path, b"-", b"-"
             return (
                 f'"{chat.address_label(host)}" - - {timestamp} '
-                f'"{_log_field(request.method)} {_log_field(target)} {_log_field(request.clientproto)}" '
-                f'{request.code} {request.sentLength or "-"} "{_log_field(referrer)}" "{_log_field(agent)}"'
+                f'"{_field(request.method)} {_field(target)} {_field(request.clientproto)}" '
+                f'{request.code} {request.sentLength or "-"} "{_field(referrer)}" "{_field(agent)}"'
             )
 
         super().__init__(root, reactor=chat.clock, logFormatter=access_log, **kwargs)
+        self._access_line = access_log
         self.chat = chat
         self.request_timeout = chat.settings.open_handshake_timeout
 
     # Twisted annotates this as its private HTTP/1.1-or-2 wrapper; any
     # HTTPChannel works, and this server speaks HTTP/1.1 only.
     protocol = GuardedChannel  # type: ignore[assignment]
+
+    def log(self, request: http.Request) -> None:
+        """
+        The access log: one event per request answered, its message the
+        combined-format line, with the C{status} in a field of its own (the
+        log budget counts 4xx answers among refused requests).
+        """
+        line = self._access_line(datetimeToLogString(self.reactor.seconds()), cast(Request, request))
+        _access_log.info("{line}", line=line, status=request.code, event="access")
 
 
 def build_site(

@@ -9,12 +9,16 @@ import json
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints, reactor
-from twisted.internet.interfaces import IListeningPort
 
+from chatroulette.listening import ListeningService
 from chatroulette.tap import Options, makeService
+
+
+def listeners(service: MultiService) -> list[ListeningService]:
+    """The listening services of a service tree, one per --listen, in order."""
+    return [s for s in service if isinstance(s, ListeningService)]
 
 
 class RunningService:
@@ -32,9 +36,7 @@ class RunningService:
         options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
         service = makeService(options)
         service.startService()
-        endpoint_service = next(s for s in service if isinstance(s, StreamServerEndpointService))
-        waiting: defer.Deferred[IListeningPort] = endpoint_service._waitingForPort  # type: ignore[assignment]
-        port = await waiting
+        port = await listeners(service)[0].when_listening()
         return cls(service, port.getHost().port)  # type: ignore[attr-defined]
 
     async def stop(self) -> None:

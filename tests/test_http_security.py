@@ -20,7 +20,6 @@ from typing import Any, AsyncIterator, cast
 
 import pytest
 import pytest_twisted
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort
@@ -36,6 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from chatroulette.moderation import BANS_FILE, Moderation, SQLiteBanStore
+from chatroulette.listening import ListeningService
 from chatroulette.settings import Settings
 from chatroulette.service import ChatService
 from chatroulette.tap import Options, makeService
@@ -160,8 +160,8 @@ async def start_service(*args: str) -> RunningService:
     options.parseOptions(list(args))
     service = makeService(options)
     service.startService()
-    endpoint_service = next(s for s in service if isinstance(s, StreamServerEndpointService))
-    port = await cast("defer.Deferred[IListeningPort]", endpoint_service._waitingForPort)
+    listening = next(s for s in service if isinstance(s, ListeningService))
+    port = await listening.when_listening()
     return RunningService(service, cast(IPv4Address, port.getHost()).port)
 
 
@@ -193,7 +193,7 @@ async def test_connection_log_context_names_no_address(tmp_path: Path, tls: bool
         agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust))
         listen = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
     running = await start_service("--listen", listen, "--state-dir", str(tmp_path))
-    site = next(s for s in running.service if isinstance(s, StreamServerEndpointService)).factory
+    site = next(s for s in running.service if isinstance(s, ListeningService)).factory
     cast(Site, site).resource.putChild(b"probe", ErrorProbe())
     events = capture_log()
     try:

@@ -18,16 +18,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, reactor, task, utils
-from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
 from chatroulette.load import ClientConfig, Report, run_churn, run_relay, run_soak
 
 from .certs import make_certificate
-from .loopback import RunningService
+from .loopback import RunningService, listeners
 
 SCALE = max(1, int(os.environ.get("CHATROULETTE_LOAD_SCALE", "1")))
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,9 +78,8 @@ class LoadTests(TestCase):
         self.service = await RunningService.start(
             "--listen", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
         )
-        tls = [s for s in self.service.service if isinstance(s, StreamServerEndpointService)][1]
-        waiting: defer.Deferred[IListeningPort] = tls._waitingForPort  # type: ignore[assignment]
-        port = (await waiting).getHost().port  # type: ignore[attr-defined]
+        tls = listeners(self.service.service)[1]
+        port = (await tls.when_listening()).getHost().port  # type: ignore[attr-defined]
         return f"wss://localhost:{port}/ws", str(cert)
 
     async def assert_lobby_empties(self, timeout: float = 10.0) -> None:

@@ -48,9 +48,11 @@ class ServerProcess(ProcessProtocol):
         self.ended.callback(cast(ProcessTerminated, reason.value).exitCode)
 
 
-async def start(command: list[str]) -> tuple[ServerProcess, IProcessTransport, int]:
+async def start(
+    command: list[str], plugin_args: tuple[str, ...] = ()
+) -> tuple[ServerProcess, IProcessTransport, int]:
     process = ServerProcess()
-    args = [*command, "chatroulette", "--listen", "tcp:0:interface=127.0.0.1"]
+    args = [*command, "chatroulette", "--listen", "tcp:0:interface=127.0.0.1", *plugin_args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     transport = reactor.spawnProcess(process, args[0], args, env=env, path=str(ROOT))
     process.port.addTimeout(20, reactor)
@@ -87,20 +89,21 @@ async def test_clients_told_going_away_and_exit_0(command: list[str], signal: st
 
 
 @pytest.mark.parametrize(
-    "command, signal, logged",
+    "command, plugin_args, signal, logged",
     [
-        (TWISTD, "TERM", True),
-        (TWIST + ["--log-format", "text"], "INT", False),
-        (TWIST + ["--log-format", "text", "--log-level", "debug"], "INT", True),
+        (TWISTD, (), "TERM", False),
+        (TWISTD, ("--log-level", "debug"), "TERM", True),
+        (TWIST + ["--log-format", "text"], ("--log-level", "debug"), "INT", False),
+        (TWIST + ["--log-format", "text", "--log-level", "debug"], (), "INT", False),
+        (TWIST + ["--log-format", "text", "--log-level", "debug"], ("--log-level", "debug"), "INT", True),
     ],
 )
 @pytest_twisted.ensureDeferred
-async def test_chat_starts_logged_at_debug(command: list[str], signal: str, logged: bool) -> None:
-    """
-    Chat starts are debug events: twistd writes every level, twist only with
-    --log-level debug; connections are logged either way.
-    """
-    process, transport, port = await start(command)
+async def test_chat_starts_logged_at_debug(
+    command: list[str], plugin_args: tuple[str, ...], signal: str, logged: bool
+) -> None:
+    """Chat starts (debug) are written only with the plugin's --log-level debug, and under twist with its own too."""
+    process, transport, port = await start(command, plugin_args)
     url = f"ws://127.0.0.1:{port}/ws"
     try:
         a, b = [await open_client(url) for _ in range(2)]

@@ -11,17 +11,15 @@ from typing import AsyncIterator, cast
 import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints, reactor
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
 
 from chatroulette.tap import Options, makeService
 
 from .certs import make_certificate
-from .loopback import QueueClient
+from .loopback import QueueClient, listeners
 
 
 
@@ -41,9 +39,7 @@ async def tls_service(tmp_path: Path) -> AsyncIterator[TLSService]:
     )
     service = makeService(options)
     service.startService()
-    endpoint_service = next(s for s in service if isinstance(s, StreamServerEndpointService))
-    listening: defer.Deferred[IListeningPort] = endpoint_service._waitingForPort  # type: ignore[assignment]
-    port = (await listening).getHost().port  # type: ignore[attr-defined]
+    port = (await listeners(service)[0].when_listening()).getHost().port  # type: ignore[attr-defined]
     yield TLSService(service, port, cert)
     await defer.maybeDeferred(service.stopService)
 
