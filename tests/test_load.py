@@ -22,13 +22,13 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, reactor, task, utils
 from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 
 from chatroulette.load import ClientConfig, run_churn, run_relay, run_soak
 from chatroulette.loadstats import Report
 
 from .certs import make_certificate
-from .loopback import RunningService
+from .loopback import RunningService, read_body
 
 SCALE = max(1, int(os.environ.get("CHATROULETTE_LOAD_SCALE", "1")))
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ class LoadTests(TestCase):
 
     async def health(self) -> dict[str, Any]:
         response = await Agent(reactor).request(b"GET", (self.service.http + "/healthz").encode())
-        body: dict[str, Any] = json.loads(await readBody(response))
+        body: dict[str, Any] = json.loads(await read_body(response))
         return body
 
     async def start_tls(self) -> tuple[str, str]:
