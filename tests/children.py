@@ -112,12 +112,13 @@ def run_child(
     executable: str,
     args: Sequence[str],
     env: Mapping[str, str] | None = None,
+    path: str | None = None,
 ) -> defer.Deferred[ChildResult]:
     """
-    Run C{executable} with C{args} in C{env} (empty by default); fire with
-    how it ended, whatever that was.
+    Run C{executable} with C{args} in C{env} (empty by default) and the
+    working directory C{path}; fire with how it ended, whatever that was.
     """
     argv = (executable, *args)
     ended: defer.Deferred[ChildResult] = defer.Deferred()
-    reactor.spawnProcess(_Collector(argv, ended), executable, argv, env=dict(env or {}))
+    reactor.spawnProcess(_Collector(argv, ended), executable, argv, env=dict(env or {}), path=path)
     return ended
