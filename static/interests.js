@@ -9,9 +9,26 @@ const STORAGE_KEY = "chatroulette.interests";
 // \s differs (it has U+FEFF, lacks U+001C-U+001F and U+0085).
 const WHITESPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/g;
 
+// Text that shows nothing, which the server refuses as empty: whitespace,
+// format characters (category Cf: zero-width space, BOM...) and Hangul fillers.
+const BLANK =
+  /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\p{Cf}\u115f\u1160\u3164\uffa0]*$/u;
+
+/** Does `text` show nothing (the server refuses it as empty)? */
+export function isBlank(text) {
+  return BLANK.test(text);
+}
+
 /** Trim, lower-case and collapse inner whitespace, as the server does. */
 export function normaliseInterest(raw) {
   return raw.replace(WHITESPACE, " ").replace(/^ | $/g, "").toLowerCase();
+}
+
+/** The interest as the server would take it, or null if it would refuse it. */
+export function validInterest(raw) {
+  const interest = normaliseInterest(raw);
+  const n = [...interest].length;
+  return n >= 1 && n <= MAX_INTEREST_CHARS && !isBlank(interest) ? interest : null;
 }
 
 function load() {
@@ -20,8 +37,8 @@ function load() {
     if (!Array.isArray(saved)) return [];
     const valid = saved
       .filter((item) => typeof item === "string")
-      .map(normaliseInterest)
-      .filter((item) => item.length >= 1 && [...item].length <= MAX_INTEREST_CHARS);
+      .map(validInterest)
+      .filter((item) => item !== null);
     return [...new Set(valid)].slice(0, MAX_INTERESTS);
   } catch {
     return []; // Storage disabled or corrupt: start empty.
@@ -69,7 +86,7 @@ export class InterestsField {
   /** Turn the text in the input into a tag. Returns true if there was text. */
   commit() {
     const text = this.input.value;
-    if (!text.trim()) return false;
+    if (isBlank(text)) return false;
     this.input.value = "";
     this.add(text);
     return true;
@@ -77,7 +94,7 @@ export class InterestsField {
 
   add(raw) {
     const interest = normaliseInterest(raw);
-    if (!interest || this.interests.includes(interest)) return;
+    if (isBlank(interest) || this.interests.includes(interest)) return;
     if ([...interest].length > MAX_INTEREST_CHARS) {
       this.notify(`Interests are at most ${MAX_INTEREST_CHARS} characters.`);
       return;

@@ -3,7 +3,7 @@
 // their "type" to the handlers in `events` below.
 
 import { Connection, socketUrl } from "./connection.js";
-import { InterestsField } from "./interests.js";
+import { InterestsField, isBlank } from "./interests.js";
 import { ChatLog } from "./log.js";
 import { TitleNotifier } from "./title.js";
 import { TypingSender } from "./typing.js";
@@ -211,7 +211,7 @@ function leaveAction() {
 function sendDraft() {
   if (state !== "chatting") return;
   const text = ui.message.value;
-  if (!text.trim()) return; // Nothing to say: empty and whitespace-only are not sent.
+  if (isBlank(text)) return; // Nothing to say: text that shows nothing is not sent.
   if (charCount(text) > MAX_TEXT_CHARS) {
     notify(`That message is too long: ${MAX_TEXT_CHARS} characters at most.`);
     return;

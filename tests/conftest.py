@@ -6,11 +6,33 @@ The load tests are twisted.trial TestCases that run the reactor themselves
 keeps the reactor running in a greenlet once its first test has run, after
 which trial's own reactor spinning no longer sees its connections close in
 time.  Running the trial-style reactor tests first keeps both kinds honest.
+
+Hypothesis profiles, chosen by the HYPOTHESIS_PROFILE environment variable
+(default "dev"; .ci/run sets "ci"):
+
+- "dev" explores: new random examples on every run, failures kept in the
+  local example database and replayed first next time.
+- "ci" is reproducible: each test's examples derive from the test alone
+  (derandomize), no database is carried between runs, and a failure prints
+  the blob that replays it (@reproduce_failure).
+
+Neither fails on timing: examples have no deadline and the too_slow health
+check is off, because on a small shared machine a slow example says nothing
+about the code under test.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import pytest
+from hypothesis import HealthCheck, settings
+
+_NO_TIMING: dict[str, Any] = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", **_NO_TIMING)
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True, **_NO_TIMING)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 _TRIAL_REACTOR_MODULES = ("test_load.py",)
 

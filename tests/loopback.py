@@ -1,6 +1,7 @@
 """
 Helpers for tests over real loopback sockets: start the service the way
-twistd does (Options + makeService), and WebSocket clients that queue events.
+twistd does (Options + makeService), WebSocket clients that queue events,
+and reading an HTTP response body.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from typing import Any, cast
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints, reactor
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.iweb import IResponse
 
 from chatroulette.listening import ListeningService
 from chatroulette.tap import Options, makeService
@@ -86,3 +91,36 @@ async def open_client(url: str, origin: str | None = None) -> QueueClient:
     client = cast(QueueClient, await endpoint.connect(factory))
     await client.opened
     return client
+
+
+class _Body(Protocol):
+    """Collects a response body and fires with it once the response is complete."""
+
+    def __init__(self, done: defer.Deferred[bytes]) -> None:
+        self._chunks: list[bytes] = []
+        self._done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone):
+            self._done.callback(b"".join(self._chunks))
+        else:
+            self._done.errback(reason)
+
+
+def read_body(response: IResponse) -> defer.Deferred[bytes]:
+    """
+    The whole body of an L{Agent} response.
+
+    C{twisted.web.client.readBody} does the same, but warns (a
+    DeprecationWarning) on every L{Agent} response: the transport that
+    L{HTTP11ClientProtocol} gives the body protocol is a proxy without
+    C{abortConnection}, which readBody wants only so that cancelling the
+    read can abort the connection.  These tests never cancel a read; any
+    ending but a complete body (a lost connection, a truncated body) fails.
+    """
+    done: defer.Deferred[bytes] = defer.Deferred()
+    response.deliverBody(_Body(done))
+    return done

@@ -494,15 +494,12 @@ def test_client_limits_match_the_server(open_person: OpenPerson) -> None:
         "  Music ", "ROCK\tand\nroll", "a\u00a0b", "\u2003jazz\u2003", "\u200bzero\u200bwidth",
         "\ufeffbom", "\u3164", "\u3000", "ÉCOLE", "İstanbul", "ß", "x" * 40, "  ", "",
         "emoji \U0001f600 ok", "tab\u000bvt", "\u0085nel", "a\u2028b", "\u180e", "ǅ",
+        "\u115f\u1160", "\uffa0", "\u2060 \u200d", "\u200bx\u200b", "\u061c", "\U000e0001",
     ]
     in_page = person.page.evaluate(
         """async (samples) => {
-            const { normaliseInterest, MAX_INTEREST_CHARS } = await import("/interests.js");
-            return samples.map((raw) => {
-                const interest = normaliseInterest(raw);
-                const n = [...interest].length;
-                return n >= 1 && n <= MAX_INTEREST_CHARS ? interest : null;
-            });
+            const { validInterest } = await import("/interests.js");
+            return samples.map(validInterest);
         }""",
         samples,
     )
@@ -513,3 +510,8 @@ def test_client_limits_match_the_server(open_person: OpenPerson) -> None:
         except messages.ProtocolError:
             on_server.append(None)
     assert dict(zip(samples, in_page)) == dict(zip(samples, on_server))
+    blank = person.page.evaluate(
+        'async (samples) => { const { isBlank } = await import("/interests.js"); return samples.map(isBlank); }',
+        samples,
+    )
+    assert dict(zip(samples, blank)) == {raw: messages.is_blank(raw) for raw in samples}

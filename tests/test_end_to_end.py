@@ -9,9 +9,9 @@ from typing import AsyncIterator
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 
-from .loopback import RunningService, open_client
+from .loopback import RunningService, open_client, read_body
 
 
 @pytest_twisted.async_yield_fixture()
@@ -23,7 +23,7 @@ async def service() -> AsyncIterator[RunningService]:
 
 async def get(url: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:
     response = await Agent(reactor).request(b"GET", url.encode())
-    body = await readBody(response)
+    body = await read_body(response)
     return response.code, dict(response.headers.getAllRawHeaders()), body
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -15,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.fastpath import unmask
 from chatroulette.outbound import WriteBatcher, text_frame
+from chatroulette.settings import Settings
 
 from .hostile import masked_frame
 from .memory import MemoryClient, MemoryServer
@@ -101,6 +103,8 @@ class WriteBatcherTests(SynchronousTestCase):
         self.assertEqual(self.b.transport.writes, [b"x"])
 
 
+MAX_FRAMES = 12
+
 frames = st.lists(
     st.one_of(
         st.tuples(st.just("text"), st.text(min_size=1, max_size=200).filter(str.strip)),
@@ -109,16 +113,29 @@ frames = st.lists(
         st.tuples(st.just("noise"), st.sampled_from(["[]", '{"type":"nope"}', '{"type":"message"}'])),
     ),
     min_size=1,
-    max_size=12,
+    max_size=MAX_FRAMES,
+)
+
+# The stream property is about framing, not rate limits: up to MAX_FRAMES
+# messages (or malformed frames) sent at one instant must never meet the
+# per-connection buckets (default burst 10), whatever hypothesis draws.
+# The buckets stay on the path, with room to spare.
+ROOMY = replace(
+    Settings(),
+    message_burst=10 * MAX_FRAMES,
+    typing_burst=10 * MAX_FRAMES,
+    request_burst=10 * MAX_FRAMES,
 )
 
 
 class StreamTests(SynchronousTestCase):
     @settings(max_examples=60, deadline=None)
     @given(frames, st.lists(st.integers(0, 10_000), max_size=8))
+    @example([("text", "0")] * MAX_FRAMES, [])  # more messages than the default burst
+    @example([("noise", "[]")] * MAX_FRAMES, [])  # more malformed frames than the default burst
     def test_any_split_same_result(self, spec: list[tuple[str, str]], cuts: list[int]) -> None:
         """However frames are mixed and split across reads, the partner gets every message in order."""
-        server = MemoryServer()
+        server = MemoryServer(ROOMY)
         a, b = server.pair()
         stream, expected, errors = b"", [], 0
         for kind, value in spec:

@@ -19,10 +19,10 @@ from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.interfaces import IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 
 from .hostile import close_code, handshake, masked_frame, server_frames
-from .loopback import QueueClient, RunningService, open_client
+from .loopback import QueueClient, RunningService, open_client, read_body
 
 clock = cast(IReactorTime, reactor)
 
@@ -239,7 +239,7 @@ async def test_frames_before_a_close_arrive_before_it(service: RunningService) -
 
 async def get(url: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:
     response = await Agent(reactor).request(b"GET", url.encode())
-    body = await readBody(response)
+    body = await read_body(response)
     return response.code, dict(response.headers.getAllRawHeaders()), body
 
 

@@ -18,14 +18,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
-from twisted.internet import defer, reactor, task, utils
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 
 from chatroulette.load import ClientConfig, Report, run_churn, run_relay, run_soak
 
 from .certs import make_certificate
-from .loopback import RunningService, listeners
+from .children import run_child
+from .loopback import RunningService, listeners, read_body
 
 SCALE = max(1, int(os.environ.get("CHATROULETTE_LOAD_SCALE", "1")))
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ class LoadTests(TestCase):
 
     async def health(self) -> dict[str, Any]:
         response = await Agent(reactor).request(b"GET", (self.service.http + "/healthz").encode())
-        body: dict[str, Any] = json.loads(await readBody(response))
+        body: dict[str, Any] = json.loads(await read_body(response))
         return body
 
     async def start_tls(self) -> tuple[str, str]:
@@ -173,16 +174,15 @@ class LoadTests(TestCase):
     @deferred_test
     async def test_command_line(self) -> None:
         """The console script prints a JSON report and exits 0 when nothing was lost."""
-        out, err, code = await utils.getProcessOutputAndValue(
+        child = await run_child(
+            reactor,
             sys.executable,
             ["-m", "chatroulette.load", "relay", self.service.url, "--pairs", "10", "--rate", "2",
              "--duration", "1", "--json"],
-            env=dict(os.environ),
+            env=os.environ,
             path=str(ROOT),
-            reactor=reactor,
         )
-        self.assertEqual(code, 0, err)
-        report = json.loads(out)
+        report = json.loads(child.check())
         self.assertEqual(report["connections_opened"], 20)
         self.assertEqual(report["messages_delivered"], report["messages_sent"])
         self.assertEqual(report["messages_lost"], 0)
@@ -194,15 +194,15 @@ class LoadTests(TestCase):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             closed_port = s.getsockname()[1]
-        out, err, code = await utils.getProcessOutputAndValue(
+        child = await run_child(
+            reactor,
             sys.executable,
             ["-m", "chatroulette.load", "churn", f"ws://127.0.0.1:{closed_port}/ws", "--clients", "3",
              "--duration", "0.5", "--quiet"],
-            env=dict(os.environ),
+            env=os.environ,
             path=str(ROOT),
-            reactor=reactor,
         )
-        self.assertEqual(code, 1, err)
-        self.assertIn(b"failed 3", out)
-        self.assertIn(b"FAIL", out)
+        self.assertEqual((child.exit_code, child.signal), (1, None), child.describe())
+        self.assertIn(b"failed 3", child.out, child.describe())
+        self.assertIn(b"FAIL", child.out, child.describe())
 

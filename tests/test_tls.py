@@ -14,12 +14,12 @@ from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from chatroulette.tap import Options, makeService
 
 from .certs import make_certificate
-from .loopback import QueueClient, listeners
+from .loopback import QueueClient, listeners, read_body
 
 
 
@@ -80,7 +80,7 @@ async def test_https_page(tls_service: TLSService) -> None:
     """The page is served over https with its security headers."""
     agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=tls_service.trust))
     response = await agent.request(b"GET", f"https://127.0.0.1:{tls_service.port}/".encode())
-    body = await readBody(response)
+    body = await read_body(response)
     assert response.code == 200
     assert b"<html" in body.lower()
     assert response.headers.getRawHeaders(b"X-Content-Type-Options") == [b"nosniff"]
