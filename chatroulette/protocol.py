@@ -26,7 +26,7 @@ from .admission import Admission
 from .fastpath import FastTextFrames
 from .identity import ClientIds
 from .internals import Hooks, cancel_close_timer, drop_handshake_state, send_close_frame, share_options, use_clock
-from .lobby import ILobby
+from .lobby import ILobby, State
 from .messages import (
     BANNED,
     RATE_LIMITED,
@@ -43,6 +43,8 @@ from .moderation import Moderation
 from .outbound import FrameWriter, SlowReader
 from .ratelimit import ConnectionLimits, Verdict
 from .settings import Settings, websocket_options
+
+BANNED_TEXT = "Your address was reported by several people and cannot chat for a while."
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -211,9 +213,7 @@ class ChatServerProtocol(FastTextFrames):
     def _check_ban(self) -> None:
         key = self.address_key
         if key is not None and self.factory.moderation.is_banned(key, self.factory.clock.seconds()):
-            raise ProtocolError(
-                BANNED, "Your address was reported by several people and cannot chat for a while."
-            )
+            raise ProtocolError(BANNED, BANNED_TEXT)
 
     def close_with(self, code: int, reason: str) -> None:
         """
@@ -358,6 +358,18 @@ class ChatServerFactory(WebSocketServerFactory):
                 seconds=self.moderation.ban_seconds,
                 event="ban",
             )
+            self._unqueue_banned(reported.address_key)
+
+    def _unqueue_banned(self, key: str) -> None:
+        """
+        Take the banned address's connections out of the queue at once (waiting
+        or inviting) and tell them why; chats already going on run their course.
+        """
+        lobby = self.lobby
+        for protocol in [p for p in self.protocols if p.address_key == key]:
+            if lobby.state_of(protocol) in (State.WAITING, State.INVITING):
+                lobby.leave(protocol)
+                protocol.send_error(BANNED, BANNED_TEXT)
 
     def connected(self, protocol: ChatServerProtocol) -> None:
         self.protocols.add(protocol)

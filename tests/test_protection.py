@@ -406,6 +406,30 @@ class BanTests(ProtectionTestCase):
         self.server.flush()
         self.assertEqual(other.events[-1], {"type": "waiting"})
 
+    def test_ban_takes_waiting_clients_out_of_the_queue(self) -> None:
+        """A client waiting when its address is banned leaves the queue at once, told banned; nobody meets it."""
+        waiting = connect_as(self.server, REMOTE)
+        inviting = connect_as(self.server, REMOTE)
+        for i in range(1, 3):
+            self.report_by(f"198.51.100.{i}", REMOTE)
+        waiting.send_json(type="find", interests=["nobody else"])
+        inviting.send_json(type="invite")
+        self.server.flush()
+        code = inviting.last("invite")["code"]
+        waiting.take()
+        inviting.take()
+        self.report_by("198.51.100.3", REMOTE)  # the third report: banned
+        for client in (waiting, inviting):
+            self.assertEqual([e["code"] for e in client.take()], ["banned"])
+        self.assertEqual(self.server.lobby.waiting, 0)
+        newcomer = connect_as(self.server, "198.51.100.9")
+        newcomer.send_json(type="find", interests=["nobody else"])
+        joiner = connect_as(self.server, "198.51.100.10")
+        joiner.send_json(type="find", invite=code)
+        self.server.flush()
+        self.assertEqual(newcomer.events[-1], {"type": "waiting"})
+        self.assertEqual(joiner.events[-1]["code"], "invite_invalid")
+
     def test_ban_ends(self) -> None:
         """After the ban's duration the address can chat again."""
         for i in range(1, 4):
