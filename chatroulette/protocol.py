@@ -328,15 +328,12 @@ class ChatServerFactory(WebSocketServerFactory):
         return self.ids.address_label(host)
 
     def _log_pair(self, chat: str, one: Any, other: Any, interests: Sequence[str]) -> None:
-        # Events that happen once per chat are debug level (see design.md);
-        # one event per chat, not one per side; and the message is formatted
-        # here (client ids and chat ids never contain braces), because
-        # twisted.logger's observers otherwise flatten each field of the
-        # format string on every event.  The fields are in the event all the
-        # same.
+        # Events that happen once per chat are debug level (see design.md):
+        # below --log-level (default info) this call does nothing at all,
+        # so nothing is formatted here; one event per chat, not one per side.
         client, partner = one.client_id, other.client_id
         _pair_log.debug(
-            f"clients {client} and {partner} paired in chat {chat}",
+            "clients {client} and {partner} paired in chat {chat}",
             client=client,
             partner=partner,
             chat=chat,
