@@ -25,7 +25,8 @@ class Admitted:
 
     client_id: str
     # The per-address accounting key (IPv4 address or IPv6 /64), or None for
-    # loopback peers without trusted proxy headers (exempt from caps and bans).
+    # loopback clients, connected directly or through a trusted proxy on
+    # their own machine (exempt from caps and bans).
     address_key: str | None
 
 
@@ -52,19 +53,29 @@ class Admission:
         Let a handshake through (counting it against its address), or refuse it.
 
         @param headers: the request's headers, lower-case names.
-        @raise ConnectionDeny: refused (503, 403 or 429).
+        @raise ConnectionDeny: refused (503, 403, 400 or 429).
         """
-        forwarded = forwarded_address(headers) if self.settings.trust_proxy_headers else None
-        host = forwarded or remote_host
+        # Behind a trusted proxy: the one header it sets, and the last entry
+        # only (see forwarded_address).
+        trusted = self.settings.trust_proxy_headers
+        forwarded = forwarded_address(headers, self.settings.proxy_header) if trusted else None
         if forwarded is not None:
-            client_id = self.ids.rename(client_id, host)
+            client_id = self.ids.rename(client_id, forwarded)
         if not self.accepting:
             self.refuse("shutting_down", client_id)
             raise ConnectionDeny(503, "Server shutting down")
         if not self.origins.allows(headers.get("origin"), headers.get("host")):
             self.refuse("origin", client_id)
             raise ConnectionDeny(403, "Origin not allowed")
-        if forwarded is None and is_loopback(host):
+        if trusted and forwarded is None:
+            # Not a client of the proxy, or the proxy is misconfigured: never
+            # guess (the TCP peer is the proxy, whose loopback address would
+            # be exempt from every per-address limit).
+            self.refuse("proxy_header", client_id)
+            raise ConnectionDeny(400, "No client address from the proxy")
+        host = forwarded or remote_host
+        if is_loopback(host):
+            # A local client, connected directly or through the proxy.
             return Admitted(client_id, None)
         key = address_key(host)
         refusal = self.addresses.admit(key, self.clock.seconds())

@@ -104,39 +104,56 @@ def is_loopback(host: str) -> bool:
     return ip.is_loopback
 
 
-def _forwarded_for(value: str) -> str | None:
-    """The C{for=} address of the last element of a C{Forwarded} header (RFC 7239)."""
-    last = value.split(",")[-1]
-    for pair in last.split(";"):
-        name, _, param = pair.partition("=")
+FORWARDED = "forwarded"
+"""The RFC 7239 header, parsed by its own rules when it is the one trusted."""
+
+
+def _node_address(node: str) -> str | None:
+    """
+    The IP address in one proxy entry: C{192.0.2.7}, C{192.0.2.7:4711},
+    C{[2001:db8::7]:4711} or C{2001:db8::7}, quoted or not; None for
+    anything else (C{unknown}, an obfuscated C{_hidden}, garbage).
+    """
+    node = node.strip().strip('"')
+    if node.startswith("["):
+        node = node[1:].split("]", 1)[0]
+    elif node.count(":") == 1:  # IPv4 with a port
+        node = node.split(":", 1)[0]
+    ip = parse_ip(node)
+    return None if ip is None else str(ip)
+
+
+def _forwarded_for(element: str) -> str:
+    """The C{for=} node of one C{Forwarded} element (RFC 7239), or C{""}."""
+    for pair in element.split(";"):
+        name, _, value = pair.partition("=")
         if name.strip().lower() == "for":
-            node = param.strip().strip('"')
-            if node.startswith("["):
-                return node[1:].split("]", 1)[0]
-            if node.count(":") == 1:  # IPv4 with a port
-                return node.split(":", 1)[0]
-            return node
-    return None
+            return value
+    return ""
 
 
-def forwarded_address(headers: Mapping[str, str]) -> str | None:
+def forwarded_address(headers: Mapping[str, str], header: str) -> str | None:
     """
-    The client address a reverse proxy put in front of us reports: the
-    nearest (last) entry of C{Forwarded}, else of C{X-Forwarded-For}, if it is
-    an IP address.  C{headers} has lower-case names (as Autobahn gives them);
-    repeated headers are joined with commas, so "last" is the nearest proxy's.
+    The client address a trusted reverse proxy reports in C{header}, and
+    only there: the last entry, the one that proxy appended (entries before
+    it came from the client, who can write anything), if it is an IP address.
+
+    C{header} is C{X-Forwarded-For} or another header of that form (a
+    comma-separated list of addresses), or C{Forwarded}, whose last
+    element's C{for=} is taken (RFC 7239).  No other header is ever read:
+    a client could send one the proxy does not strip.  C{headers} has
+    lower-case names (as Autobahn gives them); repeated headers are joined
+    with commas, so "last" is the proxy's entry.
+
+    The list is split at every comma, quoted or not: a client's unbalanced
+    quote cannot swallow the entry the proxy appends after it.
     """
-    candidate: str | None = None
-    forwarded = headers.get("forwarded")
-    if forwarded:
-        candidate = _forwarded_for(forwarded)
-    if candidate is None:
-        xff = headers.get("x-forwarded-for")
-        if xff:
-            candidate = xff.split(",")[-1].strip()
-    if candidate is None or parse_ip(candidate) is None:
+    name = header.lower()
+    value = headers.get(name)
+    if not value:
         return None
-    return str(parse_ip(candidate))
+    last = value.rsplit(",", 1)[-1]
+    return _node_address(_forwarded_for(last) if name == FORWARDED else last)
 
 
 @dataclass(frozen=True)

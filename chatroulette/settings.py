@@ -31,6 +31,8 @@ class Settings:
     handshake_rate: float = 20.0
     handshake_burst: int = 50
     trust_proxy_headers: bool = False
+    # The one header a trusted proxy puts the client address in (its last entry).
+    proxy_header: str = "X-Forwarded-For"
     # Use the private-attribute speed hooks (see chatroulette.internals).
     fast_path: bool = True
 

@@ -6,6 +6,7 @@ Nothing happens at import time; C{makeService} builds everything.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -74,6 +75,19 @@ def _rate(name: str) -> Any:
             raise ValueError(f"--{name} must be 0 (no limit) or a positive number, not {value!r}")
         return rate
 
+    return coerce
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_name(name: str) -> Any:
+    def coerce(value: str) -> str:
+        if not _HEADER_NAME.fullmatch(value):
+            raise ValueError(f"--{name} must be an HTTP header name, not {value!r}")
+        return value
+
+    coerce.coerceDoc = "An HTTP header name."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -195,6 +209,18 @@ class Options(usage.Options):
             _count("handshake-burst", 1),
         ],
         [
+            "proxy-header",
+            None,
+            _DEFAULTS.proxy_header,
+            "With --trust-proxy-headers: the one request header the reverse proxy puts "
+            "the client address in; no other is ever read. Its last entry (the one the "
+            "proxy appended; earlier ones come from the client) is the client. "
+            "X-Forwarded-For or another header of that form (a comma-separated list of "
+            "addresses), or Forwarded (RFC 7239: the for= of its last element). A WebSocket "
+            "handshake without an address there is refused with HTTP 400.",
+            _header_name("proxy-header"),
+        ],
+        [
             "handshake-timeout",
             None,
             _DEFAULTS.open_handshake_timeout,
@@ -293,9 +319,9 @@ class Options(usage.Options):
         [
             "trust-proxy-headers",
             None,
-            "Take the client address from the nearest Forwarded / X-Forwarded-For entry "
-            "(only behind a reverse proxy that sets it, and only if clients cannot "
-            "reach this server directly).",
+            "Take the client address from the last entry of the --proxy-header header "
+            "(default X-Forwarded-For), which the reverse proxy sets; use it only behind "
+            "such a proxy, and only if clients cannot reach this server directly.",
         ],
     ]
 
@@ -343,6 +369,8 @@ class Options(usage.Options):
             raise usage.UsageError("--handshake-timeout must be positive")
         if self["ping-interval"] and not self["ping-timeout"]:
             raise usage.UsageError("--ping-timeout must be positive when pings are sent")
+        if self["proxy-header"] != _DEFAULTS.proxy_header and not self["trust-proxy-headers"]:
+            raise usage.UsageError("--proxy-header has no effect without --trust-proxy-headers")
         state = Path(self["state-dir"])
         if state.exists() and not state.is_dir():
             raise usage.UsageError(f"--state-dir {self['state-dir']!r} is not a directory")
@@ -369,6 +397,7 @@ class Options(usage.Options):
             handshake_rate=self["max-handshake-rate"],
             handshake_burst=self["handshake-burst"],
             trust_proxy_headers=bool(self["trust-proxy-headers"]),
+            proxy_header=self["proxy-header"],
             fast_path=not self["no-fast-path"],
         )
 

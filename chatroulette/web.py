@@ -191,6 +191,7 @@ REFUSAL_REASONS = (
     "shutting_down",
     "request_timeout",
     "request_too_large",
+    "proxy_header",
 )
 
 

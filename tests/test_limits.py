@@ -84,26 +84,50 @@ class AddressTests(SynchronousTestCase):
         for host in ["10.0.0.1", "203.0.113.7", "2001:db8::1", "localhost", ""]:
             self.assertFalse(is_loopback(host), host)
 
-    def test_forwarded_nearest_entry(self) -> None:
-        """The nearest (last) proxy's entry is the client address."""
+
+
+class ProxyHeaderTests(SynchronousTestCase):
+    def test_last_entry_is_the_client(self) -> None:
+        """The last entry, the one the proxy appended, is the client; earlier ones are the client's own words."""
+        xff = "X-Forwarded-For"
+        self.assertEqual(forwarded_address({"x-forwarded-for": "10.9.9.9, 198.51.100.4"}, xff), "198.51.100.4")
+        self.assertEqual(forwarded_address({"x-forwarded-for": "198.51.100.4:4711"}, xff), "198.51.100.4")
+        self.assertEqual(forwarded_address({"x-forwarded-for": "1.2.3.4, 2001:db8::7"}, xff), "2001:db8::7")
+        self.assertEqual(forwarded_address({"x-forwarded-for": '"[2001:db8::7]:80"'}, xff), "2001:db8::7")
+        self.assertEqual(forwarded_address({"x-real-ip": "198.51.100.4"}, "X-Real-IP"), "198.51.100.4")
+
+    def test_only_the_named_header_is_read(self) -> None:
+        """A Forwarded header the client sent is never read when the proxy sets X-Forwarded-For, nor the reverse."""
+        both = {"forwarded": "for=198.51.100.9", "x-forwarded-for": "203.0.113.7"}
+        self.assertEqual(forwarded_address(both, "X-Forwarded-For"), "203.0.113.7")
+        self.assertEqual(forwarded_address(both, "Forwarded"), "198.51.100.9")
+        self.assertIsNone(forwarded_address({"forwarded": "for=198.51.100.9"}, "X-Forwarded-For"))
+        self.assertIsNone(forwarded_address({"x-forwarded-for": "203.0.113.7"}, "Forwarded"))
+
+    def test_forwarded_last_element(self) -> None:
+        """As the trusted header, Forwarded gives the for= of its last element (RFC 7239)."""
+        fwd = "Forwarded"
         self.assertEqual(
-            forwarded_address({"x-forwarded-for": "10.9.9.9, 198.51.100.4"}), "198.51.100.4"
-        )
-        self.assertEqual(
-            forwarded_address({"forwarded": 'for=10.1.1.1, for="[2001:db8::7]:4711";proto=https'}),
+            forwarded_address({"forwarded": 'for=10.1.1.1, for="[2001:db8::7]:4711";proto=https'}, fwd),
             "2001:db8::7",
         )
-        self.assertEqual(forwarded_address({"forwarded": "for=192.0.2.60:8080"}), "192.0.2.60")
-        self.assertEqual(
-            forwarded_address({"forwarded": "by=10.0.0.1", "x-forwarded-for": "192.0.2.1"}),
-            "192.0.2.1",
-        )
+        self.assertEqual(forwarded_address({"forwarded": "for=192.0.2.60:8080"}, fwd), "192.0.2.60")
+        self.assertEqual(forwarded_address({"forwarded": "proto=https;For=192.0.2.61"}, fwd), "192.0.2.61")
+        # A client's unbalanced quote does not swallow the proxy's element.
+        self.assertEqual(forwarded_address({"forwarded": 'for="198.51.100.9, for=192.0.2.62'}, fwd), "192.0.2.62")
 
-    def test_forwarded_garbage(self) -> None:
-        """No header, an obfuscated node or garbage gives no address."""
-        self.assertIsNone(forwarded_address({}))
-        self.assertIsNone(forwarded_address({"forwarded": "for=_hidden"}))
-        self.assertIsNone(forwarded_address({"x-forwarded-for": "not an ip"}))
+    def test_unusable_values_give_no_address(self) -> None:
+        """No header, unknown, an obfuscated node, an empty last entry or garbage give no address (never a guess)."""
+        for headers, header in [
+            ({}, "X-Forwarded-For"),
+            ({"x-forwarded-for": "unknown"}, "X-Forwarded-For"),
+            ({"x-forwarded-for": "203.0.113.7, "}, "X-Forwarded-For"),
+            ({"x-forwarded-for": "203.0.113.7, not an ip"}, "X-Forwarded-For"),
+            ({"forwarded": "for=unknown"}, "Forwarded"),
+            ({"forwarded": "for=198.51.100.9, for=_hidden"}, "Forwarded"),
+            ({"forwarded": "for=198.51.100.9, by=10.0.0.1"}, "Forwarded"),
+        ]:
+            self.assertIsNone(forwarded_address(headers, header), headers)
 
 
 class OriginTests(SynchronousTestCase):

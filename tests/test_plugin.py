@@ -83,6 +83,20 @@ class OptionsTests(SynchronousTestCase):
                 self.parse(*args)
             self.assertIn(words, str(e.exception))
 
+    def test_proxy_header(self) -> None:
+        """--proxy-header names the one trusted header (X-Forwarded-For by default); it needs --trust-proxy-headers."""
+        self.assertEqual(self.parse().settings().proxy_header, "X-Forwarded-For")
+        settings = self.parse("--trust-proxy-headers", "--proxy-header", "Forwarded").settings()
+        self.assertEqual((settings.trust_proxy_headers, settings.proxy_header), (True, "Forwarded"))
+        for args, words in [
+            (["--trust-proxy-headers", "--proxy-header", "X Forwarded"], "header name"),
+            (["--trust-proxy-headers", "--proxy-header", "X-Real-IP:"], "header name"),
+            (["--proxy-header", "X-Real-IP"], "--trust-proxy-headers"),
+        ]:
+            with self.assertRaises(usage.UsageError) as e:
+                self.parse(*args)
+            self.assertIn(words, str(e.exception))
+
     def test_usage_error_from_twistd(self) -> None:
         """twistd prints the usage error and exits non-zero without a traceback."""
         result = subprocess.run(
