@@ -32,6 +32,14 @@ from .service import DEFAULT_SHUTDOWN_TIMEOUT, ChatService
 from .web import DEFAULT_HTTP_IDLE_TIMEOUT, build_site, default_static_dir
 
 DEFAULT_LISTEN = "tcp:8080"
+FD_RESERVE = 128
+"""
+File descriptors kept outside the default --max-connections: about 15 for the
+process itself (standard streams, the reactor's, the listening sockets, log
+files, the bans database), up to web.MAX_REFUSING (32) for refused connections
+still taking their response, and up to the listen backlog (50 by default) for
+connections accepted in one go before those refused among them are closed.
+"""
 _DEFAULTS = Settings()
 # The longest legal message, every character sent as a JSON \uXXXX
 # surrogate pair, inside {"type":"message","text":"..."}.
@@ -89,6 +97,26 @@ def _header_name(name: str) -> Any:
 
     coerce.coerceDoc = "An HTTP header name."  # type: ignore[attr-defined]
     return coerce
+
+
+def open_file_limit() -> int | None:
+    """This process's open-file soft limit (C{ulimit -n}), or None if there is none."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def default_max_connections(limit: int | None) -> int:
+    """
+    The default --max-connections for an open-file limit: the limit less
+    L{FD_RESERVE} (for tiny limits, half of it); 0 (no cap) without a limit.
+    """
+    if limit is None:
+        return 0
+    return max(limit - FD_RESERVE, limit // 2)
 
 
 def _yes_no(name: str) -> Any:
@@ -192,6 +220,18 @@ class Options(usage.Options):
             "Concurrent WebSocket connections per client address (IPv6: per /64); "
             "more are refused with HTTP 429. Loopback is exempt. 0: no limit.",
             _count("max-connections-per-ip"),
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Open connections, HTTP and WebSocket together (each counted from accept to "
+            "close), the server keeps at once; more are answered with HTTP 503 and closed. "
+            "The last eighth is kept for addresses holding fewer than 8 connections. "
+            f"Default: the open-file limit (ulimit -n) less {FD_RESERVE} descriptors kept "
+            "for the server's own files and for refusing connections. 0: no limit (only if "
+            "something in front of the server limits connections).",
+            _count("max-connections"),
         ],
         [
             "max-handshake-rate",
@@ -371,10 +411,23 @@ class Options(usage.Options):
             raise usage.UsageError("--ping-timeout must be positive when pings are sent")
         if self["proxy-header"] != _DEFAULTS.proxy_header and not self["trust-proxy-headers"]:
             raise usage.UsageError("--proxy-header has no effect without --trust-proxy-headers")
+        self._check_max_connections()
         state = Path(self["state-dir"])
         if state.exists() and not state.is_dir():
             raise usage.UsageError(f"--state-dir {self['state-dir']!r} is not a directory")
         self["state-dir"] = state
+
+    def _check_max_connections(self) -> None:
+        limit = open_file_limit()
+        most = default_max_connections(limit)
+        if self["max-connections"] is None:
+            self["max-connections"] = most
+        elif limit is not None and self["max-connections"] > most:
+            raise usage.UsageError(
+                f"--max-connections {self['max-connections']} would run out of file descriptors: "
+                f"the open-file limit (ulimit -n) is {limit}, room for at most {most}. "
+                "Raise the limit (ulimit -n, systemd's LimitNOFILE=) or lower --max-connections."
+            )
 
     def settings(self) -> Settings:
         """The connection-level settings these options describe."""
@@ -394,6 +447,7 @@ class Options(usage.Options):
             max_buffer_bytes=self["max-buffer-bytes"],
             allowed_origins=tuple(self["allowed-origin"]),
             max_connections_per_ip=self["max-connections-per-ip"],
+            max_connections=self["max-connections"],
             handshake_rate=self["max-handshake-rate"],
             handshake_burst=self["handshake-burst"],
             trust_proxy_headers=bool(self["trust-proxy-headers"]),

@@ -95,7 +95,7 @@ class SpoofedForwardedTests(ProxyTestCase):
             self.server.flush()
 
     def test_forwarded_unknown_is_not_loopback(self) -> None:
-        """Forwarded: for=unknown from a client is ignored: it is capped by its real address, not exempt as the proxy."""
+        """A client's Forwarded: for=unknown is ignored: capped by its real address, not exempt as the proxy."""
         clients = [self.via_proxy(ATTACKER, Forwarded="for=unknown") for _ in range(3)]
         self.assertTrue(all(c.opened for c in clients))
         refused = self.raw_via_proxy({"Forwarded": "for=unknown", "X-Forwarded-For": ATTACKER})
