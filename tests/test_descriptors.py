@@ -103,10 +103,11 @@ async def test_trickling_flood_under_1024_open_files() -> None:
 
     trickle = task.LoopingCall(trickle_a_byte)
     try:
-        for _ in range(ATTACK // 100):
-            # Those the server refuses may be reset before their connect completes.
+        for _ in range(ATTACK // 44):
+            # In batches that fit the listen backlog (50). Those the server
+            # refuses may be reset before their connect completes.
             batch = await defer.DeferredList(
-                [defer.ensureDeferred(probe(port, "127.0.0.1", b"GET / HTTP/1.1\r\nX: ")) for _ in range(100)],
+                [defer.ensureDeferred(probe(port, "127.0.0.1", b"GET / HTTP/1.1\r\nX: ")) for _ in range(44)],
                 consumeErrors=True,
             )
             attackers += [client for ok, client in batch if ok]
@@ -138,6 +139,7 @@ async def test_trickling_flood_under_1024_open_files() -> None:
         others[0].transport.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         await within(others[0].lost)
         metrics = await probe(port, "127.0.9.1", b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        others.append(metrics)
         await within(metrics.lost)
         counts = dict(re.findall(rb'chatroulette_refused_total\{reason="(\w+)"\} (\d+)', metrics.received))
         assert int(counts[b"max_connections"]) >= 1, metrics.received
