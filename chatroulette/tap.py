@@ -35,10 +35,11 @@ DEFAULT_LISTEN = "tcp:8080"
 FD_RESERVE = 128
 """
 File descriptors kept outside the default --max-connections: about 15 for the
-process itself (standard streams, the reactor's, the listening sockets, log
-files, the bans database), up to web.MAX_REFUSING (32) for refused connections
-still taking their response, and up to the listen backlog (50 by default) for
-connections accepted in one go before those refused among them are closed.
+process itself (an idle server holds 12: standard streams, the reactor's, the
+listening socket, the log; then the bans database), up to
+refusal.MAX_REFUSING (32) for refused connections still taking their
+response, and up to the listen backlog (50 by default) for connections
+accepted in one go before those refused among them are closed.
 """
 _DEFAULTS = Settings()
 # The longest legal message, every character sent as a JSON \uXXXX
@@ -217,8 +218,10 @@ class Options(usage.Options):
             "max-connections-per-ip",
             None,
             _DEFAULTS.max_connections_per_ip,
-            "Concurrent WebSocket connections per client address (IPv6: per /64); "
-            "more are refused with HTTP 429. Loopback is exempt. 0: no limit.",
+            "Open connections per client address (IPv6: per /64), HTTP and WebSocket "
+            "together, each counted from accept to close (behind a trusted proxy: WebSockets, "
+            "from the handshake); more are refused with HTTP 429. Loopback is exempt. "
+            "0: no limit.",
             _count("max-connections-per-ip"),
         ],
         [

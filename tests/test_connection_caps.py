@@ -6,14 +6,17 @@ per-address cap in the HTTP phase (half-sent requests), the global
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from chatroulette.settings import Settings
 from chatroulette.refusal import MAX_REFUSING, REFUSAL_GRACE, RefusedConnection
+from chatroulette.settings import Settings
 
 from .hostile import RawClient, connect_as, handshake, raw_connect
 from .memory import MemoryClient, MemoryServer
@@ -185,6 +188,22 @@ class GlobalCapTests(CapsTestCase):
         self.assertTrue(transport.disconnected)
         protocol.connectionLost(Failure(ConnectionError()))
         self.assertEqual(site.refusals.in_flight, 0)
+
+    def test_refusals_logged_sparingly_without_addresses(self) -> None:
+        """Refusals at accept are logged at most once a second per reason, with the address hashed."""
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        for i in range(16):
+            self.half_sent(f"198.51.100.{i}")
+        for _ in range(20):
+            raw_connect(self.server, "203.0.113.99")
+        self.server.flush()
+        refused = [e for e in events if e.get("event") == "refused"]
+        self.assertEqual(len(refused), 1)
+        self.assertNotIn("203.0.113.99", repr(events))
+        self.assertRegex(formatEvent(refused[0]) or "", r"^refused connection from [0-9a-f]{10}: max_connections")
 
     def test_metrics(self) -> None:
         """/metrics shows open connections, the cap and the new refusal reasons."""
