@@ -1,6 +1,6 @@
 """
-Abuse limits, without I/O: token buckets, client addresses, per-address
-accounting and the Origin policy.
+Abuse limits, without I/O: token buckets, client addresses, connection
+accounting (global and per address) and the Origin policy.
 
 Everything here is plain Python and takes the time as an argument, so it is
 tested without a reactor; C{protocol.py} wires it to connections.
@@ -118,39 +118,56 @@ def is_loopback(host: str) -> bool:
     return ip.is_loopback
 
 
-def _forwarded_for(value: str) -> str | None:
-    """The C{for=} address of the last element of a C{Forwarded} header (RFC 7239)."""
-    last = value.split(",")[-1]
-    for pair in last.split(";"):
-        name, _, param = pair.partition("=")
+FORWARDED = "forwarded"
+"""The RFC 7239 header, parsed by its own rules when it is the one trusted."""
+
+
+def _node_address(node: str) -> str | None:
+    """
+    The IP address in one proxy entry: C{192.0.2.7}, C{192.0.2.7:4711},
+    C{[2001:db8::7]:4711} or C{2001:db8::7}, quoted or not; None for
+    anything else (C{unknown}, an obfuscated C{_hidden}, garbage).
+    """
+    node = node.strip().strip('"')
+    if node.startswith("["):
+        node = node[1:].split("]", 1)[0]
+    elif node.count(":") == 1:  # IPv4 with a port
+        node = node.split(":", 1)[0]
+    ip = parse_ip(node)
+    return None if ip is None else str(ip)
+
+
+def _forwarded_for(element: str) -> str:
+    """The C{for=} node of one C{Forwarded} element (RFC 7239), or C{""}."""
+    for pair in element.split(";"):
+        name, _, value = pair.partition("=")
         if name.strip().lower() == "for":
-            node = param.strip().strip('"')
-            if node.startswith("["):
-                return node[1:].split("]", 1)[0]
-            if node.count(":") == 1:  # IPv4 with a port
-                return node.split(":", 1)[0]
-            return node
-    return None
+            return value
+    return ""
 
 
-def forwarded_address(headers: Mapping[str, str]) -> str | None:
+def forwarded_address(headers: Mapping[str, str], header: str) -> str | None:
     """
-    The client address a reverse proxy put in front of us reports: the
-    nearest (last) entry of C{Forwarded}, else of C{X-Forwarded-For}, if it is
-    an IP address.  C{headers} has lower-case names (as Autobahn gives them);
-    repeated headers are joined with commas, so "last" is the nearest proxy's.
+    The client address a trusted reverse proxy reports in C{header}, and
+    only there: the last entry, the one that proxy appended (entries before
+    it came from the client, who can write anything), if it is an IP address.
+
+    C{header} is C{X-Forwarded-For} or another header of that form (a
+    comma-separated list of addresses), or C{Forwarded}, whose last
+    element's C{for=} is taken (RFC 7239).  No other header is ever read:
+    a client could send one the proxy does not strip.  C{headers} has
+    lower-case names (as Autobahn gives them); repeated headers are joined
+    with commas, so "last" is the proxy's entry.
+
+    The list is split at every comma, quoted or not: a client's unbalanced
+    quote cannot swallow the entry the proxy appends after it.
     """
-    candidate: str | None = None
-    forwarded = headers.get("forwarded")
-    if forwarded:
-        candidate = _forwarded_for(forwarded)
-    if candidate is None:
-        xff = headers.get("x-forwarded-for")
-        if xff:
-            candidate = xff.split(",")[-1].strip()
-    if candidate is None or parse_ip(candidate) is None:
+    name = header.lower()
+    value = headers.get(name)
+    if not value:
         return None
-    return str(parse_ip(candidate))
+    last = value.rsplit(",", 1)[-1]
+    return _node_address(_forwarded_for(last) if name == FORWARDED else last)
 
 
 @dataclass(frozen=True)
@@ -227,51 +244,154 @@ class OriginPolicy:
         return False
 
 
+RESERVE_SHARE = 8
+"""
+While the last slots of the global cap are being used, an address that
+already holds this many connections is refused: room for a browser loading
+the page (up to 6 parallel HTTP connections) and opening its WebSocket.
+"""
+
+
+def default_reserve(max_connections: int) -> int:
+    """The slots of the global cap kept for addresses below L{RESERVE_SHARE}: the last eighth."""
+    return max_connections // 8
+
+
+class Slot:
+    """
+    One open connection's place in L{AddressLimits}, from the TCP accept to
+    the close, through the HTTP phase and the WebSocket alike.
+
+    C{key} is the address it is counted under (None: not known yet, a
+    connection from a trusted proxy before its handshake names the client);
+    C{exempt} connections (loopback) are counted but not capped.
+    L{release} is idempotent, so whichever protocol has the connection when
+    it closes may call it.
+    """
+
+    __slots__ = ("_limits", "key", "exempt", "_open")
+
+    def __init__(self, limits: AddressLimits, key: str | None, exempt: bool) -> None:
+        self._limits = limits
+        self.key = key
+        self.exempt = exempt
+        self._open = True
+
+    @property
+    def address_key(self) -> str | None:
+        """The key per-address limits and bans apply to, or None (exempt or not known)."""
+        return None if self.exempt else self.key
+
+    def release(self) -> None:
+        """The connection is closed (any further call does nothing)."""
+        if self._open:
+            self._open = False
+            self._limits._uncount(self.key)
+
+
 class AddressLimits:
     """
-    Per-address accounting for handshakes: concurrent connections and a
-    handshake rate, each disabled by a limit of 0.
+    Connection accounting: open connections in all (a global cap) and per
+    address (a per-address cap), and a handshake rate per address; each
+    disabled by a limit of 0.
+
+    A connection is counted once, from its TCP accept (L{open}) to its close
+    (L{Slot.release}), whether it is still sending its HTTP request or has
+    become a WebSocket.  When fewer than C{reserve} slots of the global cap
+    are left, an address already holding L{RESERVE_SHARE} connections is
+    refused, so that one address (or a few) filling the server leaves room
+    for new ones.  Loopback connections are exempt from the per-address cap
+    and the handshake rate, not from the global cap or the reserve.
 
     Buckets of addresses that went quiet are forgotten (amortised, when the
     table has doubled), so memory follows the number of recently active
     addresses, not every address ever seen.
     """
 
-    def __init__(self, max_connections: int, handshake_rate: float, handshake_burst: float) -> None:
-        self.max_connections = max_connections
+    def __init__(
+        self,
+        max_connections_per_address: int,
+        handshake_rate: float,
+        handshake_burst: float,
+        max_connections: int = 0,
+        reserve: int | None = None,
+    ) -> None:
+        self.max_connections_per_address = max_connections_per_address
         self.handshake_rate = handshake_rate
         self.handshake_burst = handshake_burst
+        self.max_connections = max_connections
+        self.reserve = default_reserve(max_connections) if reserve is None else reserve
+        self.total = 0
         self.connections: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._prune_at = 1024
 
-    def admit(self, key: str, now: float) -> str | None:
+    def open(self, key: str | None, exempt: bool) -> Slot | str:
         """
-        Count a new connection from C{key}, or say why it is refused
-        (C{"connections"} or C{"handshake_rate"}) without counting it.
+        Count a new connection from C{key} (None: not known yet), or say
+        why it is refused (C{"max_connections"}, C{"connections"} or
+        C{"reserved"}) without counting it.
         """
-        if self.max_connections and self.connections.get(key, 0) >= self.max_connections:
-            return "connections"
-        if self.handshake_rate:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                if len(self._buckets) >= self._prune_at:
-                    self._prune(now)
-                bucket = self._buckets[key] = TokenBucket(
-                    self.handshake_rate, self.handshake_burst, now
-                )
-            if not bucket.take(now):
-                return "handshake_rate"
+        refusal = self._refusal(key, exempt, self.total)
+        if refusal is not None:
+            return refusal
+        self.total += 1
+        if key is not None:
+            self.connections[key] = self.connections.get(key, 0) + 1
+        return Slot(self, key, exempt)
+
+    def attribute(self, slot: Slot, key: str, exempt: bool) -> str | None:
+        """
+        The counted connection C{slot} turns out to come from C{key} (a
+        trusted proxy named its client at the handshake): count it there
+        instead, or say why that address may not have it
+        (C{"connections"} or C{"reserved"}), leaving it as it was.
+        """
+        if slot.key == key:
+            slot.exempt = exempt
+            return None
+        refusal = self._refusal(key, exempt, self.total - 1)
+        if refusal is not None:
+            return refusal
+        self._uncount(slot.key)
+        self.total += 1
         self.connections[key] = self.connections.get(key, 0) + 1
+        slot.key, slot.exempt = key, exempt
         return None
 
-    def release(self, key: str) -> None:
-        """A connection counted by L{admit} is gone."""
-        count = self.connections.get(key, 0) - 1
-        if count > 0:
-            self.connections[key] = count
-        else:
-            self.connections.pop(key, None)
+    def _refusal(self, key: str | None, exempt: bool, others: int) -> str | None:
+        """Why one more connection from C{key}, beside C{others} open ones, is refused, if it is."""
+        cap = self.max_connections
+        if cap and others >= cap:
+            return "max_connections"
+        if key is None:
+            return None
+        held = self.connections.get(key, 0)
+        if not exempt and self.max_connections_per_address and held >= self.max_connections_per_address:
+            return "connections"
+        if cap and others >= cap - self.reserve and held >= RESERVE_SHARE:
+            return "reserved"
+        return None
+
+    def _uncount(self, key: str | None) -> None:
+        self.total -= 1
+        if key is not None:
+            count = self.connections.get(key, 0) - 1
+            if count > 0:
+                self.connections[key] = count
+            else:
+                self.connections.pop(key, None)
+
+    def handshake(self, key: str, now: float) -> str | None:
+        """Take a handshake from C{key} out of its bucket, or refuse it (C{"handshake_rate"})."""
+        if not self.handshake_rate:
+            return None
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._prune_at:
+                self._prune(now)
+            bucket = self._buckets[key] = TokenBucket(self.handshake_rate, self.handshake_burst, now)
+        return None if bucket.take(now) else "handshake_rate"
 
     def _prune(self, now: float) -> None:
         for key in [k for k, b in self._buckets.items() if b.full_at(now)]:

@@ -19,13 +19,16 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IConsumer, IReactorTime, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import messages
 from .admission import Admission
 from .fastpath import FastTextFrames
 from .identity import ClientIds
 from .internals import Hooks, cancel_close_timer, drop_handshake_state, send_close_frame, share_options, use_clock
+from .limits import Slot
 from .lobby import ILobby, State
 from .messages import (
     BANNED,
@@ -60,8 +63,11 @@ class ChatServerProtocol(FastTextFrames):
     _log = Logger()
     _joined = False
     client_id = "-"
-    # The per-address accounting key, or None (exempt): see Admitted.
+    # The per-address key caps and bans apply to, or None (exempt): see Admitted.
     address_key: str | None = None
+    # This connection's place in the connection count (from accept to
+    # close), or why it was refused: see Admission.accept.
+    _slot: Slot | str | None = None
     _limits: ConnectionLimits | None = None
     _reader: SlowReader | None = None
 
@@ -72,9 +78,23 @@ class ChatServerProtocol(FastTextFrames):
         transport = cast(ITCPTransport, self.transport)
         self.remote_host = str(getattr(transport.getPeer(), "host", ""))
         self.client_id = self.peer = self.factory.ids.client_id(self.remote_host)
+        admission = self.factory.admission
+        # Counted since the HTTP side accepted it; or, if it did not come
+        # through the Site, from now on.
+        self._slot = admission.claim() or admission.accept(self.remote_host)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            if isinstance(self._slot, Slot):
+                self._slot.release()
 
     def onConnect(self, request: ConnectionRequest) -> None:
-        admitted = self.factory.admission.admit(request.headers, self.remote_host, self.client_id)
+        assert self._slot is not None
+        admitted = self.factory.admission.admit(
+            request.headers, self.remote_host, self.client_id, self._slot
+        )
         self.client_id = self.peer = admitted.client_id
         self.address_key = admitted.address_key
 
@@ -103,9 +123,6 @@ class ChatServerProtocol(FastTextFrames):
         self._leave_lobby(code)
         factory = self.factory
         factory.live.discard(self)
-        if self.address_key is not None:
-            factory.admission.release(self.address_key)
-            self.address_key = None
         if factory.hooks.clock:
             cancel_close_timer(self)
 

@@ -25,12 +25,17 @@ class Settings:
     request_burst: int = 10
     # Close a connection that lets this many bytes pile up unread (0 = never).
     max_buffer_bytes: int = 1024 * 1024
+    # Open connections (HTTP and WebSocket) at once; 0: no cap (twistd's
+    # default comes from the open-file limit, see tap.py).
+    max_connections: int = 0
     # Handshake checks.
     allowed_origins: tuple[str, ...] = ()
     max_connections_per_ip: int = 50
     handshake_rate: float = 20.0
     handshake_burst: int = 50
     trust_proxy_headers: bool = False
+    # The one header a trusted proxy puts the client address in (its last entry).
+    proxy_header: str = "X-Forwarded-For"
     # Use the private-attribute speed hooks (see chatroulette.internals).
     fast_path: bool = True
 

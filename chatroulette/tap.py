@@ -6,6 +6,7 @@ Nothing happens at import time; C{makeService} builds everything.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, cast
@@ -35,6 +36,15 @@ from .service import DEFAULT_SHUTDOWN_TIMEOUT, ChatService
 from .web import DEFAULT_HTTP_IDLE_TIMEOUT, WEBSOCKET_PATH, build_site, default_static_dir
 
 DEFAULT_LISTEN = "tcp:8080"
+FD_RESERVE = 128
+"""
+File descriptors kept outside the default --max-connections: about 15 for the
+process itself (an idle server holds 12: standard streams, the reactor's, the
+listening socket, the log; then the bans database), up to
+refusal.MAX_REFUSING (32) for refused connections still taking their
+response, and up to the listen backlog (50 by default) for connections
+accepted in one go before those refused among them are closed.
+"""
 _DEFAULTS = Settings()
 # The longest legal message, every character sent as a JSON \uXXXX
 # surrogate pair, inside {"type":"message","text":"..."}.
@@ -79,6 +89,39 @@ def _rate(name: str) -> Any:
         return rate
 
     return coerce
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_name(name: str) -> Any:
+    def coerce(value: str) -> str:
+        if not _HEADER_NAME.fullmatch(value):
+            raise ValueError(f"--{name} must be an HTTP header name, not {value!r}")
+        return value
+
+    coerce.coerceDoc = "An HTTP header name."  # type: ignore[attr-defined]
+    return coerce
+
+
+def open_file_limit() -> int | None:
+    """This process's open-file soft limit (C{ulimit -n}), or None if there is none."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def default_max_connections(limit: int | None) -> int:
+    """
+    The default --max-connections for an open-file limit: the limit less
+    L{FD_RESERVE} (for tiny limits, half of it); 0 (no cap) without a limit.
+    """
+    if limit is None:
+        return 0
+    return max(limit - FD_RESERVE, limit // 2)
 
 
 def _yes_no(name: str) -> Any:
@@ -186,9 +229,23 @@ class Options(usage.Options):
             "max-connections-per-ip",
             None,
             _DEFAULTS.max_connections_per_ip,
-            "Concurrent WebSocket connections per client address (IPv6: per /64); "
-            "more are refused with HTTP 429. Loopback is exempt. 0: no limit.",
+            "Open connections per client address (IPv6: per /64), HTTP and WebSocket "
+            "together, each counted from accept to close (behind a trusted proxy: WebSockets, "
+            "from the handshake); more are refused with HTTP 429. Loopback is exempt. "
+            "0: no limit.",
             _count("max-connections-per-ip"),
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Open connections, HTTP and WebSocket together (each counted from accept to "
+            "close), the server keeps at once; more are answered with HTTP 503 and closed. "
+            "The last eighth is kept for addresses holding fewer than 8 connections. "
+            f"Default: the open-file limit (ulimit -n) less {FD_RESERVE} descriptors kept "
+            "for the server's own files and for refusing connections. 0: no limit (only if "
+            "something in front of the server limits connections).",
+            _count("max-connections"),
         ],
         [
             "max-handshake-rate",
@@ -204,6 +261,18 @@ class Options(usage.Options):
             _DEFAULTS.handshake_burst,
             "Handshakes a client address may make at once before --max-handshake-rate applies.",
             _count("handshake-burst", 1),
+        ],
+        [
+            "proxy-header",
+            None,
+            _DEFAULTS.proxy_header,
+            "With --trust-proxy-headers: the one request header the reverse proxy puts "
+            "the client address in; no other is ever read. Its last entry (the one the "
+            "proxy appended; earlier ones come from the client) is the client. "
+            "X-Forwarded-For or another header of that form (a comma-separated list of "
+            "addresses), or Forwarded (RFC 7239: the for= of its last element). A WebSocket "
+            "handshake without an address there is refused with HTTP 400.",
+            _header_name("proxy-header"),
         ],
         [
             "handshake-timeout",
@@ -335,9 +404,9 @@ class Options(usage.Options):
         [
             "trust-proxy-headers",
             None,
-            "Take the client address from the nearest Forwarded / X-Forwarded-For entry "
-            "(only behind a reverse proxy that sets it, and only if clients cannot "
-            "reach this server directly).",
+            "Take the client address from the last entry of the --proxy-header header "
+            "(default X-Forwarded-For), which the reverse proxy sets; use it only behind "
+            "such a proxy, and only if clients cannot reach this server directly.",
         ],
     ]
 
@@ -387,6 +456,9 @@ class Options(usage.Options):
             raise usage.UsageError("--handshake-timeout must be positive")
         if self["ping-interval"] and not self["ping-timeout"]:
             raise usage.UsageError("--ping-timeout must be positive when pings are sent")
+        if self["proxy-header"] != _DEFAULTS.proxy_header and not self["trust-proxy-headers"]:
+            raise usage.UsageError("--proxy-header has no effect without --trust-proxy-headers")
+        self._check_max_connections()
         state = Path(self["state-dir"])
         if state.exists() and not state.is_dir():
             raise usage.UsageError(f"--state-dir {self['state-dir']!r} is not a directory")
@@ -401,6 +473,18 @@ class Options(usage.Options):
                 f"--state-dir {self['state-dir']!r} cannot be created or written: {e.strerror or e}"
             )
         self["state-dir"] = state
+
+    def _check_max_connections(self) -> None:
+        limit = open_file_limit()
+        most = default_max_connections(limit)
+        if self["max-connections"] is None:
+            self["max-connections"] = most
+        elif limit is not None and self["max-connections"] > most:
+            raise usage.UsageError(
+                f"--max-connections {self['max-connections']} would run out of file descriptors: "
+                f"the open-file limit (ulimit -n) is {limit}, room for at most {most}. "
+                "Raise the limit (ulimit -n, systemd's LimitNOFILE=) or lower --max-connections."
+            )
 
     def settings(self) -> Settings:
         """The connection-level settings these options describe."""
@@ -420,9 +504,11 @@ class Options(usage.Options):
             max_buffer_bytes=self["max-buffer-bytes"],
             allowed_origins=tuple(self["allowed-origin"]),
             max_connections_per_ip=self["max-connections-per-ip"],
+            max_connections=self["max-connections"],
             handshake_rate=self["max-handshake-rate"],
             handshake_burst=self["handshake-burst"],
             trust_proxy_headers=bool(self["trust-proxy-headers"]),
+            proxy_header=self["proxy-header"],
             fast_path=not self["no-fast-path"],
         )
 

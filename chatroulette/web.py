@@ -6,6 +6,7 @@ C{/healthz} and C{/metrics}.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, cast
 
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from twisted.internet.interfaces import IDelayedCall, IProtocol, ITCPTransport, ITransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, ITCPTransport, ITransport
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.web import http
@@ -24,10 +25,12 @@ from twisted.web.server import Request, Site
 from twisted.web.static import File
 from zope.interface import implementer
 
+from .limits import Slot
 from .logbudget import client_text
 from .messages import ERROR_CODES
 from .internals import hide_address_in_logs
 from .protocol import ChatServerFactory
+from .refusal import Refusals
 
 MAX_REQUEST_HEADER_BYTES = 16 * 1024
 """Request line plus headers; more is answered 400 and the connection closed."""
@@ -130,11 +133,32 @@ class ChatWebSocketResource(WebSocketResource):
             )
         channel = request.channel
         transport: Any = channel.transport
-        result: bytes | int = super().render(request)
+        with _handing_over(channel):
+            result: bytes | int = super().render(request)
         if transport is not None and channel.transport is None and isinstance(channel, GuardedChannel):
             protocol = getattr(transport, "wrappedProtocol", None) or transport.protocol
             channel.upgraded = getattr(protocol, "wrappedProtocol", protocol)
         return result
+
+
+@contextmanager
+def _handing_over(channel: object) -> Iterator[None]:
+    """
+    While a WebSocket protocol takes over C{channel}'s connection, offer it
+    the connection's place in the count (L{Admission.handing_over}), so the
+    connection stays counted once from accept to close.  Should the
+    connection go to a protocol that does not claim it, nothing would ever
+    release it: it is then no longer counted.
+    """
+    if not isinstance(channel, GuardedChannel) or channel.slot is None:
+        yield
+        return
+    admission = channel.site.chat.admission
+    with admission.handing_over(channel.slot):
+        yield
+        unclaimed = admission.claim()
+    if unclaimed is not None and channel.transport is None:
+        unclaimed.release()
 
 
 class Health(Resource):
@@ -175,6 +199,17 @@ class ChatCollector(Collector):
             "chatroulette_connections",
             "WebSocket connections opened since start.",
             value=factory.connections_total,
+        )
+        addresses = factory.admission.addresses
+        yield GaugeMetricFamily(
+            "chatroulette_open_connections",
+            "Open TCP connections, HTTP and WebSocket, as counted against --max-connections.",
+            value=addresses.total,
+        )
+        yield GaugeMetricFamily(
+            "chatroulette_max_connections",
+            "The --max-connections cap (0: none).",
+            value=addresses.max_connections,
         )
         yield GaugeMetricFamily(
             "chatroulette_waiting", "Clients waiting for a partner.", value=lobby.waiting
@@ -242,6 +277,9 @@ REFUSAL_REASONS = (
     "shutting_down",
     "request_timeout",
     "request_too_large",
+    "proxy_header",
+    "max_connections",
+    "reserved",
 )
 
 
@@ -270,6 +308,8 @@ class GuardedChannel(HTTPChannel):
     _busy = False
     # The WebSocket protocol that took this connection over, if any.
     upgraded: IProtocol | None = None
+    # This connection's place in the connection count (see GuardedSite).
+    slot: Slot | None = None
 
     def logPrefix(self) -> str:
         # Twisted tags legacy log lines written while it handles this
@@ -367,6 +407,8 @@ class GuardedChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancel_deadline()
+        if self.slot is not None:
+            self.slot.release()
         super().connectionLost(reason)
 
     def timeoutConnection(self) -> None:
@@ -415,10 +457,41 @@ class GuardedSite(Site):
         self._access_line = access_log
         self.chat = chat
         self.request_timeout = chat.settings.open_handshake_timeout
+        self.refusals = Refusals(chat.clock)
+        self._accepted: Slot | None = None
 
-    # Twisted annotates this as its private HTTP/1.1-or-2 wrapper; any
-    # HTTPChannel works, and this server speaks HTTP/1.1 only.
-    protocol = GuardedChannel  # type: ignore[assignment]
+    def buildProtocol(self, addr: IAddress | None) -> IProtocol:  # type: ignore[override]
+        """
+        Count the connection just accepted (L{Admission.accept}: the global
+        cap, the per-address cap and the reserve) and give its channel its
+        L{Slot}; or refuse it at once, with a fixed response and no channel.
+        """
+        opened = self.chat.admission.accept(str(getattr(addr, "host", "")))
+        if isinstance(opened, str):
+            return self.refusals.protocol(opened)
+        self._accepted = opened
+        try:
+            protocol: IProtocol = super().buildProtocol(addr)
+        except BaseException:
+            opened.release()
+            raise
+        finally:
+            self._accepted = None
+        return protocol
+
+    def acceptableProtocols(self) -> list[bytes]:
+        # HTTP/1.1 only, even where the h2 package would let Twisted offer
+        # HTTP/2 over TLS: its channel would replace the GuardedChannel, and
+        # with it the request deadline and the release of the connection's
+        # Slot.  (WebSockets need HTTP/1.1 anyway.)
+        return [b"http/1.1"]
+
+    def protocol(self) -> GuardedChannel:  # type: ignore[override]
+        # Twisted annotates this as its private HTTP/1.1-or-2 wrapper; any
+        # HTTPChannel works, and this server speaks HTTP/1.1 only.
+        channel = GuardedChannel()
+        channel.slot = self._accepted
+        return channel
 
     def log(self, request: http.Request) -> None:
         """
@@ -434,7 +507,7 @@ def build_site(
     factory: ChatServerFactory,
     static_dir: Path | None = None,
     idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT,
-) -> Site:
+) -> GuardedSite:
     """The C{Site} serving everything on one port."""
     site = GuardedSite(build_root(factory, static_dir), factory, timeout=idle_timeout)
     site.displayTracebacks = False

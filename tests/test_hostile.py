@@ -103,9 +103,7 @@ def mode(request: pytest.FixtureRequest) -> list[str]:
 
 @pytest_twisted.async_yield_fixture()
 async def service(mode: list[str]) -> AsyncIterator[RunningService]:
-    running = await RunningService.start(
-        "--handshake-timeout", "2", "--trust-proxy-headers", "--max-connections-per-ip", "3", *mode
-    )
+    running = await RunningService.start("--handshake-timeout", "2", *mode)
     yield running
     await running.stop()
 
@@ -163,9 +161,17 @@ async def test_cross_site_page_refused(service: RunningService) -> None:
     await within(ok.lost, 5)
 
 
+@pytest_twisted.async_yield_fixture()
+async def proxied() -> AsyncIterator[RunningService]:
+    running = await RunningService.start("--trust-proxy-headers", "--max-connections-per-ip", "3")
+    yield running
+    await running.stop()
+
+
 @pytest_twisted.ensureDeferred
-async def test_connections_per_address_capped(service: RunningService) -> None:
+async def test_connections_per_address_capped(proxied: RunningService) -> None:
     """Behind a trusted proxy, a 4th connection from one client address gets 429; others are fine."""
+    service = proxied
     headers = {"X-Forwarded-For": "203.0.113.50"}
     clients = [await open_as(service.url, headers) for _ in range(3)]
     raw = await raw_socket(service)

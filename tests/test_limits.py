@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.limits import (
+    RESERVE_SHARE,
     AddressLimits,
     Origin,
     OriginPolicy,
+    Slot,
     TokenBucket,
     address_key,
     forwarded_address,
@@ -142,26 +144,50 @@ class AddressTests(SynchronousTestCase):
         for host in ["10.0.0.1", "203.0.113.7", "2001:db8::1", "localhost", ""]:
             self.assertFalse(is_loopback(host), host)
 
-    def test_forwarded_nearest_entry(self) -> None:
-        """The nearest (last) proxy's entry is the client address."""
+
+
+class ProxyHeaderTests(SynchronousTestCase):
+    def test_last_entry_is_the_client(self) -> None:
+        """The last entry, the one the proxy appended, is the client; earlier ones are the client's own words."""
+        xff = "X-Forwarded-For"
+        self.assertEqual(forwarded_address({"x-forwarded-for": "10.9.9.9, 198.51.100.4"}, xff), "198.51.100.4")
+        self.assertEqual(forwarded_address({"x-forwarded-for": "198.51.100.4:4711"}, xff), "198.51.100.4")
+        self.assertEqual(forwarded_address({"x-forwarded-for": "1.2.3.4, 2001:db8::7"}, xff), "2001:db8::7")
+        self.assertEqual(forwarded_address({"x-forwarded-for": '"[2001:db8::7]:80"'}, xff), "2001:db8::7")
+        self.assertEqual(forwarded_address({"x-real-ip": "198.51.100.4"}, "X-Real-IP"), "198.51.100.4")
+
+    def test_only_the_named_header_is_read(self) -> None:
+        """A Forwarded header is never read when the proxy sets X-Forwarded-For, nor the reverse."""
+        both = {"forwarded": "for=198.51.100.9", "x-forwarded-for": "203.0.113.7"}
+        self.assertEqual(forwarded_address(both, "X-Forwarded-For"), "203.0.113.7")
+        self.assertEqual(forwarded_address(both, "Forwarded"), "198.51.100.9")
+        self.assertIsNone(forwarded_address({"forwarded": "for=198.51.100.9"}, "X-Forwarded-For"))
+        self.assertIsNone(forwarded_address({"x-forwarded-for": "203.0.113.7"}, "Forwarded"))
+
+    def test_forwarded_last_element(self) -> None:
+        """As the trusted header, Forwarded gives the for= of its last element (RFC 7239)."""
+        fwd = "Forwarded"
         self.assertEqual(
-            forwarded_address({"x-forwarded-for": "10.9.9.9, 198.51.100.4"}), "198.51.100.4"
-        )
-        self.assertEqual(
-            forwarded_address({"forwarded": 'for=10.1.1.1, for="[2001:db8::7]:4711";proto=https'}),
+            forwarded_address({"forwarded": 'for=10.1.1.1, for="[2001:db8::7]:4711";proto=https'}, fwd),
             "2001:db8::7",
         )
-        self.assertEqual(forwarded_address({"forwarded": "for=192.0.2.60:8080"}), "192.0.2.60")
-        self.assertEqual(
-            forwarded_address({"forwarded": "by=10.0.0.1", "x-forwarded-for": "192.0.2.1"}),
-            "192.0.2.1",
-        )
+        self.assertEqual(forwarded_address({"forwarded": "for=192.0.2.60:8080"}, fwd), "192.0.2.60")
+        self.assertEqual(forwarded_address({"forwarded": "proto=https;For=192.0.2.61"}, fwd), "192.0.2.61")
+        # A client's unbalanced quote does not swallow the proxy's element.
+        self.assertEqual(forwarded_address({"forwarded": 'for="198.51.100.9, for=192.0.2.62'}, fwd), "192.0.2.62")
 
-    def test_forwarded_garbage(self) -> None:
-        """No header, an obfuscated node or garbage gives no address."""
-        self.assertIsNone(forwarded_address({}))
-        self.assertIsNone(forwarded_address({"forwarded": "for=_hidden"}))
-        self.assertIsNone(forwarded_address({"x-forwarded-for": "not an ip"}))
+    def test_unusable_values_give_no_address(self) -> None:
+        """No header, unknown, an obfuscated node, an empty last entry or garbage give no address (never a guess)."""
+        for headers, header in [
+            ({}, "X-Forwarded-For"),
+            ({"x-forwarded-for": "unknown"}, "X-Forwarded-For"),
+            ({"x-forwarded-for": "203.0.113.7, "}, "X-Forwarded-For"),
+            ({"x-forwarded-for": "203.0.113.7, not an ip"}, "X-Forwarded-For"),
+            ({"forwarded": "for=unknown"}, "Forwarded"),
+            ({"forwarded": "for=198.51.100.9, for=_hidden"}, "Forwarded"),
+            ({"forwarded": "for=198.51.100.9, by=10.0.0.1"}, "Forwarded"),
+        ]:
+            self.assertIsNone(forwarded_address(headers, header), headers)
 
 
 class OriginTests(SynchronousTestCase):
@@ -209,29 +235,98 @@ class OriginTests(SynchronousTestCase):
 
 class AddressLimitsTests(SynchronousTestCase):
     def test_concurrent_cap(self) -> None:
-        """The cap refuses the next connection until one is released."""
-        limits = AddressLimits(max_connections=2, handshake_rate=0, handshake_burst=1)
-        self.assertIsNone(limits.admit("a", 0))
-        self.assertIsNone(limits.admit("a", 0))
-        self.assertEqual(limits.admit("a", 0), "connections")
-        self.assertIsNone(limits.admit("b", 0))
-        limits.release("a")
-        self.assertIsNone(limits.admit("a", 0))
-        for _ in range(2):
-            limits.release("a")
+        """The per-address cap refuses the next connection until one is released."""
+        limits = AddressLimits(max_connections_per_address=2, handshake_rate=0, handshake_burst=1)
+        first, second = limits.open("a", False), limits.open("a", False)
+        assert isinstance(first, Slot) and isinstance(second, Slot)
+        self.assertEqual(limits.open("a", False), "connections")
+        self.assertIsInstance(limits.open("b", False), Slot)
+        first.release()
+        third = limits.open("a", False)
+        assert isinstance(third, Slot)
+        for slot in (second, third):
+            slot.release()
         self.assertNotIn("a", limits.connections)
+        self.assertEqual(limits.total, 1)
+
+    def test_release_is_idempotent(self) -> None:
+        """A connection is uncounted once, however many of its protocols release it."""
+        limits = AddressLimits(max_connections_per_address=2, handshake_rate=0, handshake_burst=1)
+        slot = limits.open("a", False)
+        kept = limits.open("a", False)
+        assert isinstance(slot, Slot) and isinstance(kept, Slot)
+        for _ in range(3):
+            slot.release()
+        self.assertEqual((limits.total, limits.connections), (1, {"a": 1}))
+
+    def test_exempt_counted_not_capped(self) -> None:
+        """Exempt (loopback) connections are counted per address but never hit the per-address cap."""
+        limits = AddressLimits(max_connections_per_address=2, handshake_rate=0, handshake_burst=1)
+        slots = [limits.open("127.0.0.1", True) for _ in range(10)]
+        self.assertTrue(all(isinstance(s, Slot) and s.address_key is None for s in slots))
+        self.assertEqual(limits.connections, {"127.0.0.1": 10})
+
+    def test_global_cap(self) -> None:
+        """Past max_connections every address is refused, exempt or unknown alike, until one closes."""
+        limits = AddressLimits(max_connections_per_address=0, handshake_rate=0, handshake_burst=1,
+                               max_connections=4, reserve=0)
+        slots = [limits.open(f"10.0.0.{i}", False) for i in range(3)] + [limits.open(None, True)]
+        self.assertEqual([limits.open(k, e) for k, e in [("10.0.0.9", False), ("127.0.0.1", True), (None, True)]],
+                         ["max_connections"] * 3)
+        slot = slots[0]
+        assert isinstance(slot, Slot)
+        slot.release()
+        self.assertIsInstance(limits.open("10.0.0.9", False), Slot)
+
+    def test_reserve_for_new_addresses(self) -> None:
+        """In the last reserved slots an address holding RESERVE_SHARE connections waits; newcomers get in."""
+        limits = AddressLimits(max_connections_per_address=0, handshake_rate=0, handshake_burst=1,
+                               max_connections=16)
+        self.assertEqual(limits.reserve, 2)
+        for _ in range(14):
+            self.assertIsInstance(limits.open("127.0.0.1", True), Slot)
+        self.assertEqual(limits.open("127.0.0.1", True), "reserved")
+        held = [limits.open("10.0.0.2", False) for _ in range(2)]
+        self.assertTrue(all(isinstance(s, Slot) for s in held))
+        self.assertEqual(limits.open("10.0.0.3", False), "max_connections")
+
+    def test_reserve_admits_small_holders(self) -> None:
+        """An address below RESERVE_SHARE still gets into the reserve; at RESERVE_SHARE it is refused there."""
+        limits = AddressLimits(max_connections_per_address=0, handshake_rate=0, handshake_burst=1,
+                               max_connections=100, reserve=50)
+        for i in range(50):
+            limits.open(f"10.1.0.{i}", False)
+        results = [limits.open("10.0.0.1", False) for _ in range(RESERVE_SHARE + 1)]
+        self.assertTrue(all(isinstance(r, Slot) for r in results[:RESERVE_SHARE]))
+        self.assertEqual(results[RESERVE_SHARE], "reserved")
+
+    def test_attribute_moves_the_count(self) -> None:
+        """A connection counted as unknown moves to the address its proxy names, under that address's caps."""
+        limits = AddressLimits(max_connections_per_address=1, handshake_rate=0, handshake_burst=1,
+                               max_connections=10)
+        one, two = limits.open(None, True), limits.open(None, True)
+        assert isinstance(one, Slot) and isinstance(two, Slot)
+        self.assertIsNone(limits.attribute(one, "203.0.113.7", False))
+        self.assertEqual((one.address_key, limits.total, limits.connections), ("203.0.113.7", 2, {"203.0.113.7": 1}))
+        self.assertEqual(limits.attribute(two, "203.0.113.7", False), "connections")
+        self.assertIsNone(two.key)
+        self.assertIsNone(limits.attribute(two, "127.0.0.1", True))
+        self.assertIsNone(two.address_key)
+        one.release()
+        two.release()
+        self.assertEqual((limits.total, limits.connections), (0, {}))
 
     def test_handshake_rate(self) -> None:
         """The handshake bucket refuses beyond the burst and refills with time."""
-        limits = AddressLimits(max_connections=0, handshake_rate=20, handshake_burst=50)
-        results = [limits.admit("a", 0.0) for _ in range(51)]
+        limits = AddressLimits(max_connections_per_address=0, handshake_rate=20, handshake_burst=50)
+        results = [limits.handshake("a", 0.0) for _ in range(51)]
         self.assertEqual(results[:50], [None] * 50)
         self.assertEqual(results[50], "handshake_rate")
-        self.assertEqual([limits.admit("a", 1.0) for _ in range(21)].count(None), 20)
+        self.assertEqual([limits.handshake("a", 1.0) for _ in range(21)].count(None), 20)
 
     def test_quiet_addresses_forgotten(self) -> None:
         """Buckets of addresses that went quiet are pruned, so the table stays bounded."""
-        limits = AddressLimits(max_connections=0, handshake_rate=1, handshake_burst=1)
+        limits = AddressLimits(max_connections_per_address=0, handshake_rate=1, handshake_burst=1)
         for i in range(5000):
-            limits.admit(f"10.0.{i // 256}.{i % 256}", float(i))
+            limits.handshake(f"10.0.{i // 256}.{i % 256}", float(i))
         self.assertLess(limits.tracked, 2100)

@@ -26,6 +26,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from chatroulette import tap
 from chatroulette.tap import Options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +56,8 @@ class PluginTests(SynchronousTestCase):
             timeout=60,
         )
         self.assertEqual(result.returncode, 0, result.stderr)
-        for option in ["--listen", "--static", "--interest-timeout", "--repeat-cooldown"]:
+        for option in ["--listen", "--static", "--interest-timeout", "--repeat-cooldown", "--max-connections",
+                       "--proxy-header"]:
             self.assertIn(option, result.stdout)
 
 
@@ -90,6 +92,35 @@ class OptionsTests(SynchronousTestCase):
             with self.assertRaises(usage.UsageError) as e:
                 self.parse(*args)
             self.assertIn(words, str(e.exception))
+
+    def test_proxy_header(self) -> None:
+        """--proxy-header names the one trusted header (default X-Forwarded-For); needs --trust-proxy-headers."""
+        self.assertEqual(self.parse().settings().proxy_header, "X-Forwarded-For")
+        settings = self.parse("--trust-proxy-headers", "--proxy-header", "Forwarded").settings()
+        self.assertEqual((settings.trust_proxy_headers, settings.proxy_header), (True, "Forwarded"))
+        for args, words in [
+            (["--trust-proxy-headers", "--proxy-header", "X Forwarded"], "header name"),
+            (["--trust-proxy-headers", "--proxy-header", "X-Real-IP:"], "header name"),
+            (["--proxy-header", "X-Real-IP"], "--trust-proxy-headers"),
+        ]:
+            with self.assertRaises(usage.UsageError) as e:
+                self.parse(*args)
+            self.assertIn(words, str(e.exception))
+
+    def test_max_connections_default_from_open_file_limit(self) -> None:
+        """--max-connections defaults to the open-file limit less 128 (half a tiny one; none without a limit)."""
+        for limit, expected in [(1024, 896), (65536, 65408), (100, 50), (None, 0)]:
+            self.patch(tap, "open_file_limit", lambda: limit)
+            self.assertEqual(self.parse().settings().max_connections, expected, limit)
+
+    def test_max_connections_within_the_open_file_limit(self) -> None:
+        """An explicit --max-connections must leave the reserve of descriptors free; 0 turns the cap off."""
+        self.patch(tap, "open_file_limit", lambda: 1024)
+        self.assertEqual(self.parse("--max-connections", "500").settings().max_connections, 500)
+        self.assertEqual(self.parse("--max-connections", "0").settings().max_connections, 0)
+        with self.assertRaises(usage.UsageError) as e:
+            self.parse("--max-connections", "1000")
+        self.assertIn("ulimit -n", str(e.exception))
 
     def test_usage_error_from_twistd(self) -> None:
         """twistd prints the usage error and exits non-zero without a traceback."""

@@ -6,57 +6,14 @@ log levels each runner writes.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
-from pathlib import Path
-from typing import cast
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
-from twisted.internet.error import ProcessTerminated
-from twisted.internet.interfaces import IProcessTransport
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
+from twisted.internet import reactor
 
 from .loopback import open_client
-
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "--logfile=-"]
-TWIST = [sys.executable, "-m", "twisted"]
-
-
-class ServerProcess(ProcessProtocol):
-    """The server as a child process; fires C{port} once it listens and C{ended} with its exit code."""
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.port: defer.Deferred[int] = defer.Deferred()
-        self.ended: defer.Deferred[int | None] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        match = re.search(rb"Site starting on (\d+)", self.output)
-        if match and not self.port.called:
-            self.port.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.reason = reason
-        self.ended.callback(cast(ProcessTerminated, reason.value).exitCode)
-
-
-async def start(
-    command: list[str], plugin_args: tuple[str, ...] = ()
-) -> tuple[ServerProcess, IProcessTransport, int]:
-    process = ServerProcess()
-    args = [*command, "chatroulette", "--listen", "tcp:0:interface=127.0.0.1", *plugin_args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    transport = reactor.spawnProcess(process, args[0], args, env=env, path=str(ROOT))
-    process.port.addTimeout(20, reactor)
-    return process, transport, await process.port
+from .process import TWIST, TWISTD, start
 
 
 @pytest.mark.parametrize("command, signal", [(TWISTD, "TERM"), (TWIST, "INT")])
@@ -103,7 +60,7 @@ async def test_chat_starts_logged_at_debug(
     command: list[str], plugin_args: tuple[str, ...], signal: str, logged: bool
 ) -> None:
     """Chat starts (debug) are written only with the plugin's --log-level debug, and under twist with its own too."""
-    process, transport, port = await start(command, plugin_args)
+    process, transport, port = await start(command, *plugin_args)
     url = f"ws://127.0.0.1:{port}/ws"
     try:
         a, b = [await open_client(url) for _ in range(2)]
