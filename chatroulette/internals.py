@@ -35,7 +35,7 @@ from twisted.internet import abstract, tcp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.error import ConnectionDone
-from twisted.logger import ILogObserver, LogEvent, Logger
+from twisted.logger import ILogObserver, LogEvent, Logger, LogPublisher
 from zope.interface import implementer
 from twisted.python.failure import Failure
 
@@ -134,6 +134,24 @@ def hide_address_in_logs(transport: object, label: Callable[[str], str]) -> None
     if port is not None and not isinstance(port._logger.observer, _PortLog):
         logger = port._logger
         port._logger = Logger(logger.namespace, observer=_PortLog(label, logger.observer))
+
+
+def installed_observers(publisher: object) -> list[ILogObserver] | None:
+    """
+    The observers a C{twisted.logger.LogPublisher} sends events to, or
+    C{None} if this version of Twisted keeps them some other way.
+
+    twisted.logger offers no public way to list a publisher's observers, and
+    twistd and twist install theirs on the global publisher themselves; this
+    reads the private C{LogPublisher._observers}.  Anything unexpected means
+    "unknown", and the caller then leaves the observers alone (log levels
+    and the log budget then apply to this package's and Autobahn's events
+    only).
+    """
+    observers = getattr(publisher, "_observers", None)
+    if not isinstance(observers, list) or not all(callable(o) for o in observers):
+        return None
+    return list(observers)
 
 
 def graceful_exit(reactor: object) -> None:
@@ -308,6 +326,11 @@ def _check_autobahn(problems: list[str]) -> None:
     protocol.connectionLost(Failure(ConnectionDone()))
 
 
+@implementer(ILogObserver)
+def _observer_probe(event: LogEvent) -> None:
+    """An observer for the self-check to look for."""
+
+
 class _PortProbe:
     """Stands in for a listening port while the self-check builds a TCP connection."""
 
@@ -338,6 +361,10 @@ def _check_twisted(problems: list[str]) -> None:
     from twisted.internet import base
 
     _expect(problems, "ReactorBase._exitSignal", lambda: base.ReactorBase._exitSignal is None)
+    probe = LogPublisher()
+    probe.addObserver(_observer_probe)
+    _expect(problems, "LogPublisher._observers lists its observers",
+            lambda: installed_observers(probe) == [_observer_probe])
     _expect(problems, "tcp.Port._logger is a Logger with an observer",
             lambda: isinstance(tcp.Port._logger, Logger) and hasattr(tcp.Port._logger, "observer"))
 

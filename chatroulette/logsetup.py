@@ -30,6 +30,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
+from .internals import installed_observers
 from .logbudget import DEFAULT_BYTES_PER_SECOND, DEFAULT_LINES_PER_SECOND, LogBudget
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -118,23 +119,6 @@ def level_txaio(level: LogLevel) -> Callable[[], None]:
     return lambda: txaio_twisted.set_global_log_level(previous)
 
 
-def _installed_observers(publisher: LogPublisher) -> list[ILogObserver] | None:
-    """
-    The observers C{publisher} sends events to, or C{None} if this version
-    of Twisted keeps them some other way.
-
-    This is the one place that reads a private attribute
-    (C{LogPublisher._observers}): twisted.logger offers no public way to
-    list a publisher's observers, and twistd and twist install theirs on the
-    global publisher themselves.  Anything unexpected means "unknown", and
-    the caller then leaves the observers alone.
-    """
-    observers = getattr(publisher, "_observers", None)
-    if not isinstance(observers, list) or not all(callable(o) for o in observers):
-        return None
-    return list(observers)
-
-
 def wrap_observers(
     publisher: LogPublisher, wrap: Callable[[ILogObserver], ILogObserver]
 ) -> Callable[[], None] | None:
@@ -147,7 +131,7 @@ def wrap_observers(
     An observer removed from C{publisher} while wrapped comes back when this
     is undone: undo it first.
     """
-    observers = _installed_observers(publisher)
+    observers = installed_observers(publisher)
     if observers is None:
         return None
     for observer in observers:
