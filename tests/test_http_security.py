@@ -30,7 +30,7 @@ from twisted.python import log as legacy_log
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -42,7 +42,7 @@ from chatroulette.tap import Options, makeService
 
 from .certs import make_certificate
 from .hostile import RawClient, connect_as, handshake, raw_connect
-from .loopback import RunningService
+from .loopback import RunningService, read_body
 from .memory import MemoryServer
 from .test_lobby import RecordingPeer, make_lobby
 
@@ -199,7 +199,7 @@ async def test_connection_log_context_names_no_address(tmp_path: Path, tls: bool
     try:
         scheme = "https" if tls else "http"
         response = await agent.request(b"GET", f"{scheme}://127.0.0.1:{running.port}/probe".encode())
-        assert (await readBody(response)) == b"logged"
+        assert (await read_body(response)) == b"logged"
     finally:
         globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
         await running.stop()
@@ -215,7 +215,7 @@ async def test_static_files_server_header(service: RunningService) -> None:
     """The page and its files are served with a Server header naming no software version."""
     for path in ["/", "/main.js", "/missing"]:
         response = await Agent(reactor).request(b"GET", f"{service.http}{path}".encode())
-        await readBody(response)
+        await read_body(response)
         assert response.headers.getRawHeaders(b"server") == [b"chatroulette"], path
 
 

@@ -19,12 +19,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor, RaisingMemoryReactor
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 
 from chatroulette.listening import ListeningService, serving_url
 
 from .certs import make_certificate
-from .loopback import RunningService
+from .loopback import RunningService, read_body
 
 
 class ServingURLTests(SynchronousTestCase):
@@ -201,7 +201,7 @@ async def test_real_port_zero_logged_with_bound_port(
     assert number != 0
     assert event["url"] == f"http://127.0.0.1:{number}/"
     response = await Agent(reactor).request(b"GET", event["url"].encode())
-    assert await readBody(response) == b"hello"
+    assert await read_body(response) == b"hello"
     await defer.maybeDeferred(service.stopService)
     assert free_port_closed(number)
 
