@@ -9,6 +9,10 @@ to C{seed001-autobahn} and to C{websockets} as Markdown.
 
     python3 benchmarks/compare.py --bench /path/to/bench.py [--runs 3] [--out table.md]
 
+C{--server NAME=CMD} adds another server to every run (e.g. an older
+checkout's C{serve.sh}), and C{--baselines} chooses the servers to give our
+ratios against (the median of the same-run ratios, with each run's ratio).
+
 The harness location can also come from C{CHATROULETTE_BENCH}.  Raw results
 (one JSON line per server per run) go to C{--raw} if given.
 """
@@ -43,6 +47,7 @@ METRICS = [
 # The ones with targets, as ratios to the baselines.
 RATIOS = [
     ("rate", "server_us_per_msg", "CPU per relayed message (rate)"),
+    ("rate", "p99_ms", "p99 delivery latency (rate)"),
     ("relay", "server_us_per_msg", "CPU per relayed message (saturation)"),
     ("churn", "server_us_per_pairing", "CPU per pairing (churn)"),
     ("idle", "rss_bytes_per_conn", "RSS per idle connection"),
@@ -56,11 +61,15 @@ def raise_open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def run_bench(bench: str, only: str | None, scenarios: str) -> list[dict[str, Any]]:
+def run_bench(
+    bench: str, only: str | None, scenarios: str, servers: list[str] = []
+) -> list[dict[str, Any]]:
     cmd = [
         sys.executable, bench, "--json", "--scenarios", scenarios,
         "--project-cmd", f"{HERE}/serve.sh {{port}}",
     ]
+    for spec in servers:
+        cmd += ["--server", spec]
     if only:
         cmd += ["--only", only]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT).stdout
@@ -99,7 +108,27 @@ def head_commit() -> str:
     ).stdout.strip()
 
 
-def table(med: dict[str, dict[tuple[str, str], float]], runs: int, commit: str) -> str:
+def per_run_ratios(
+    runs: list[list[dict[str, Any]]], scenario: str, key: str, base: str
+) -> list[float]:
+    """Our figure over the baseline's, run by run (same-run ratios), for the runs that have both."""
+    out = []
+    for rows in runs:
+        by = {row["server"]: row for row in rows}
+        if US in by and base in by:
+            a, b = value(by[US], scenario, key), value(by[base], scenario, key)
+            if a is not None and b:
+                out.append(a / b)
+    return out
+
+
+def table(
+    med: dict[str, dict[tuple[str, str], float]],
+    runs: int,
+    commit: str,
+    baselines: tuple[str, ...] = BASELINES,
+    raw: list[list[dict[str, Any]]] | None = None,
+) -> str:
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no", "chatroulette"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
@@ -111,16 +140,25 @@ def table(med: dict[str, dict[tuple[str, str], float]], runs: int, commit: str) 
         "",
         "Ratios of chatroulette to each baseline (lower is better; 1.00 = the same cost):",
         "",
-        "| measure | vs " + " | vs ".join(BASELINES) + " |",
-        "|---|" + "---|" * len(BASELINES),
+        "| measure | vs " + " | vs ".join(baselines) + " |",
+        "|---|" + "---|" * len(baselines),
     ]
     ours = med.get(US, {})
     for scenario, key, title in RATIOS:
         cells = []
-        for base in BASELINES:
+        for base in baselines:
+            # With the raw runs: the median of the same-run ratios, and each run's ratio.
+            each = per_run_ratios(raw, scenario, key, base) if raw else []
+            if each:
+                cells.append(
+                    f"{statistics.median(each):.2f} ("
+                    + ", ".join(f"{r:.2f}" for r in each) + ")"
+                )
+                continue
             a, b = ours.get((scenario, key)), med.get(base, {}).get((scenario, key))
             cells.append(f"{a / b:.2f}" if a is not None and b else "-")
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+        if any(c != "-" for c in cells):  # leave out scenarios that were not run
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Medians:",
@@ -140,6 +178,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", help="comma-separated servers (default: all peers and chatroulette)")
     parser.add_argument("--scenarios", default="relay,rate,churn,idle")
+    parser.add_argument(
+        "--server", action="append", default=[], metavar="NAME=CMD",
+        help="one more server for bench.py (repeatable), e.g. another checkout's serve.sh",
+    )
+    parser.add_argument(
+        "--baselines", default=",".join(BASELINES),
+        help="comma-separated servers to give chatroulette's ratios against",
+    )
     parser.add_argument("--out", help="also write the Markdown table to this file")
     parser.add_argument("--raw", help="append the raw JSON lines to this file")
     parser.add_argument("--from-raw", help="no runs: build the table from a --raw file")
@@ -159,7 +205,7 @@ def main() -> None:
         raise_open_files()
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs}...", file=sys.stderr, flush=True)
-            rows = run_bench(args.bench, args.only, args.scenarios)
+            rows = run_bench(args.bench, args.only, args.scenarios, args.server)
             runs.append(rows)
             if args.raw:
                 with open(args.raw, "a") as f:
@@ -168,7 +214,8 @@ def main() -> None:
     end = head_commit()
     if end != commit:
         commit = f"{commit}..{end}"
-    text = table(medians(runs), len(runs), commit)
+    baselines = tuple(b for b in args.baselines.split(",") if b)
+    text = table(medians(runs), len(runs), commit, baselines, runs)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
