@@ -45,16 +45,21 @@ class FastTextFrames(WebSocketServerProtocol):
     Subclasses implement L{on_text}, which must return C{False} (having done
     nothing) when the payload should rather go through Autobahn, for example
     because it may not be valid UTF-8: Autobahn then fails the connection with
-    the right close code.
+    the right close code.  They may also implement L{outgoing} (account for
+    what is queued for the client).
     """
 
     factory: Any
     maxFramePayloadSize: int
+    # Once set, everything the client sends is dropped unparsed.
+    discarding = False
 
     def on_text(self, payload: bytes) -> bool:
         raise NotImplementedError()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.discarding:
+            return
         if not self.factory.hooks.fast:
             super().dataReceived(data)
             return
@@ -91,7 +96,7 @@ class FastTextFrames(WebSocketServerProtocol):
             pos = frame_end
             if self.state != _OPEN:
                 break
-        if pos < end_of_data:
+        if pos < end_of_data and not self.discarding:
             autobahn_feed(self, data[pos:] if pos else data)
 
     def send_text(self, payload: bytes) -> None:
@@ -99,9 +104,19 @@ class FastTextFrames(WebSocketServerProtocol):
         if self.state == _OPEN:
             self.factory.writer.send(self, payload)
 
+    def outgoing(self, size: int) -> bool:
+        """
+        C{size} more bytes are about to be queued for the client, by us or by
+        Autobahn: may they be?  (C{False}: they are dropped.)
+        """
+        return True
+
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # Everything Autobahn writes (close frames, pongs, fragmented
-        # messages) goes after the frames already held for this connection.
+        # Everything Autobahn writes (close frames, pongs, pings, fragmented
+        # messages) counts towards what is queued for the client, and goes
+        # after the frames already held for this connection.
+        if not self.outgoing(len(data)):
+            return
         self.factory.writer.before_write(self)
         super().sendData(data, sync, chopsize)
 

@@ -48,6 +48,10 @@ def websocket_options(settings: Settings) -> dict[str, Any]:
         closeHandshakeTimeout=settings.close_handshake_timeout,
         autoPingInterval=settings.ping_interval,
         autoPingTimeout=settings.ping_timeout,
+        # Only the answer to our ping proves a client alive; by default any
+        # data frame would (even an empty continuation frame that never ends
+        # its message), and a client that never reads would stay forever.
+        autoPingRestartOnAnyTraffic=False,
         perMessageCompressionAccept=lambda offers: None,
         # Origins (including "null") are judged by OriginPolicy in onConnect.
         allowNullOrigin=True,

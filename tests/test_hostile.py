@@ -1,7 +1,8 @@
 """
 Hostile clients over real loopback sockets, against the service as
 makeService builds it: slowloris, megabytes of headers, a client that never
-reads, floods, cross-site pages, too many connections from one address.
+reads, floods (of messages, of pongs it never reads), cross-site pages, too many connections from one
+address.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from twisted.internet.interfaces import IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
+
+from chatroulette.service import ChatService
 
 from .hostile import close_code, handshake, masked_frame, server_frames
 from .loopback import QueueClient, RunningService, open_client
@@ -236,27 +239,39 @@ async def get(url: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:
     return response.code, dict(response.headers.getAllRawHeaders()), body
 
 
+async def stalled_socket(running: RunningService) -> socket.socket:
+    """
+    A WebSocket client on a plain non-blocking socket with a small receive
+    window, past the handshake, that never calls recv() again: the kernel
+    buffers fill, then the server's; only the latter is ours to bound.
+    """
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.setblocking(False)
+    stalled.connect_ex(("127.0.0.1", running.port))
+    await task.deferLater(reactor, 0.05, lambda: None)
+    stalled.send(handshake(f"127.0.0.1:{running.port}"))
+    response = b""
+    while b"\r\n\r\n" not in response:  # the 101; nothing is read after it
+        await task.deferLater(reactor, 0.01, lambda: None)
+        try:
+            response += stalled.recv(1024)
+        except BlockingIOError:
+            pass
+    assert response.startswith(b"HTTP/1.1 101")
+    return stalled
+
+
+def factory_of(running: RunningService) -> Any:
+    return next(s for s in running.service if isinstance(s, ChatService)).factory
+
+
 @pytest_twisted.ensureDeferred
 async def test_client_that_never_reads_is_closed() -> None:
     """A client that stops reading is closed once its backlog passes --max-buffer-bytes; its partner is told."""
     running = await RunningService.start("--max-buffer-bytes", "262144", "--message-rate", "0")
-    stalled = socket.socket()
+    stalled = await stalled_socket(running)
     try:
-        # A small receive window, and never a recv(): the kernel buffers
-        # fill, then the server's; only the latter is ours to bound.
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.setblocking(False)
-        stalled.connect_ex(("127.0.0.1", running.port))
-        await task.deferLater(reactor, 0.05, lambda: None)
-        stalled.send(handshake(f"127.0.0.1:{running.port}"))
-        response = b""
-        while b"\r\n\r\n" not in response:  # the 101; nothing is read after it
-            await task.deferLater(reactor, 0.01, lambda: None)
-            try:
-                response += stalled.recv(1024)
-            except BlockingIOError:
-                pass
-        assert response.startswith(b"HTTP/1.1 101")
         stalled.send(masked_frame(b'{"type":"find"}'))
         partner = await raw_socket(running)
         transport = cast(ITCPTransport, partner.transport)
@@ -275,6 +290,49 @@ async def test_client_that_never_reads_is_closed() -> None:
         assert b'chatroulette_errors_total{code="slow_reader"} 1.0' in body
         transport.loseConnection()
         await within(partner.lost, 5)
+    finally:
+        stalled.close()
+        await running.stop()
+
+
+PING = masked_frame(b"p" * 125, opcode=9)
+OPEN_MESSAGE = masked_frame(b'{"type":', fin=False)  # a text message, never finished
+
+
+@pytest_twisted.ensureDeferred
+async def test_unread_pongs_cut_off() -> None:
+    """
+    A client that never reads, flooding pings inside an unfinished message,
+    is cut off once the pongs waiting for it pass --max-buffer-bytes, and
+    dropped a second later; its partner is told.
+    """
+    running = await RunningService.start("--max-buffer-bytes", "65536")
+    factory = factory_of(running)
+    stalled = await stalled_socket(running)
+    try:
+        partner = await open_client(running.url)
+        partner.send_json(type="find")
+        stalled.send(masked_frame(b'{"type":"find"}') + OPEN_MESSAGE)
+        chat = (await partner.next("paired"))["chat"]
+        flood, pending = PING * 500, b""
+        started = time.monotonic()
+        dropped = None
+        while dropped is None:
+            elapsed = time.monotonic() - started
+            assert elapsed < 8, f"not cut off after {elapsed:.1f} s ({factory.errors})"
+            try:
+                # Whole frames only: the kernel may take part of a send.
+                pending = pending or flood
+                pending = pending[stalled.send(pending) :]
+            except BlockingIOError:
+                pass  # the server stopped reading: its buffers and ours are full
+            except OSError:  # reset: the server dropped the connection
+                dropped = elapsed
+            await task.deferLater(reactor, 0.001, lambda: None)
+        assert factory.errors["slow_reader"] == 1
+        assert (await partner.next()) == {"type": "partner_left", "chat": chat}
+        partner.sendClose()
+        await within(partner.closed, 5)
     finally:
         stalled.close()
         await running.stop()
