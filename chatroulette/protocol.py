@@ -8,8 +8,10 @@ calls the lobby, and sends what the lobby says through the factory's
 L{chatroulette.outbound.FrameWriter}.  L{ChatServerFactory} owns the lobby
 and wires those parts together.
 
-A client that lets more than C{--max-buffer-bytes} pile up unread is cut
-off rather than closed politely (L{ChatServerProtocol.cut_off}).
+Two protections cut a client off rather than close it politely
+(L{ChatServerProtocol.cut_off}): more frames than the frame budget allows,
+and more bytes queued for a client that does not read than
+C{--max-buffer-bytes}.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class ChatServerProtocol(FastTextFrames):
         factory = self.factory
         settings = factory.settings
         self._limits = ConnectionLimits(settings, factory.clock.seconds())
+        self.count_frames(self._limits.frames)
         if settings.max_buffer_bytes:
             # Replace the HTTP channel (registered before the upgrade) as the
             # transport's producer: the transport then tells us when its
@@ -235,6 +238,9 @@ class ChatServerProtocol(FastTextFrames):
         if self.state == _OPEN:
             self._leave_lobby(code)
             send_close_frame(self, code, reason, self.factory.hooks.close_frame)
+
+    def over_frame_budget(self) -> None:
+        self.cut_off("frame_flood", "Too many frames.")
 
     def cut_off(self, counter: str, reason: str) -> None:
         """

@@ -23,6 +23,11 @@ class Settings:
     typing_burst: int = 20
     request_rate: float = 2.0
     request_burst: int = 10
+    # Every frame of any kind (data, continuation, ping, pong, close) takes a
+    # token from one more bucket, before its payload is handled; over it, the
+    # connection is cut off (see docs/design.md for the defaults).
+    frame_rate: float = 100.0
+    frame_burst: int = 300
     # Close a connection that lets this many bytes pile up unread (0 = never).
     max_buffer_bytes: int = 1024 * 1024
     # Handshake checks.

@@ -1,13 +1,15 @@
 """
 Hostile clients over real loopback sockets, against the service as
 makeService builds it: slowloris, megabytes of headers, a client that never
-reads, floods (of messages, of pongs it never reads), cross-site pages, too many connections from one
+reads, floods (of messages, of pings and empty continuation frames, of
+pongs it never reads), cross-site pages, too many connections from one
 address.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import time
 from pathlib import Path
@@ -266,10 +268,19 @@ def factory_of(running: RunningService) -> Any:
     return next(s for s in running.service if isinstance(s, ChatService)).factory
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far (the service runs in it)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 @pytest_twisted.ensureDeferred
 async def test_client_that_never_reads_is_closed() -> None:
     """A client that stops reading is closed once its backlog passes --max-buffer-bytes; its partner is told."""
-    running = await RunningService.start("--max-buffer-bytes", "262144", "--message-rate", "0")
+    # The partner floods: no message rate limit, and no frame budget.
+    running = await RunningService.start(
+        "--max-buffer-bytes", "262144", "--message-rate", "0", "--frame-rate", "0"
+    )
     stalled = await stalled_socket(running)
     try:
         stalled.send(masked_frame(b'{"type":"find"}'))
@@ -297,6 +308,7 @@ async def test_client_that_never_reads_is_closed() -> None:
 
 PING = masked_frame(b"p" * 125, opcode=9)
 OPEN_MESSAGE = masked_frame(b'{"type":', fin=False)  # a text message, never finished
+EMPTY_CONTINUATION = masked_frame(b"", opcode=0, fin=False)
 
 
 @pytest_twisted.ensureDeferred
@@ -304,9 +316,10 @@ async def test_unread_pongs_cut_off() -> None:
     """
     A client that never reads, flooding pings inside an unfinished message,
     is cut off once the pongs waiting for it pass --max-buffer-bytes, and
-    dropped a second later; its partner is told.
+    dropped a second later; its partner is told.  (The frame budget is off,
+    or it would cut the flood off first.)
     """
-    running = await RunningService.start("--max-buffer-bytes", "65536")
+    running = await RunningService.start("--max-buffer-bytes", "65536", "--frame-rate", "0")
     factory = factory_of(running)
     stalled = await stalled_socket(running)
     try:
@@ -335,6 +348,61 @@ async def test_unread_pongs_cut_off() -> None:
         await within(partner.closed, 5)
     finally:
         stalled.close()
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_frame_flood_cut_off_while_a_chat_goes_on() -> None:
+    """
+    Eight clients flooding empty continuation frames and pings inside
+    unfinished messages are closed with 1008 and dropped at once; a chat
+    alongside gets every message in order, each in under 0.5 s, and the
+    server's CPU time stays low.
+    """
+    running = await RunningService.start()
+    try:
+        a, b = await pair(running.url)
+        flood = EMPTY_CONTINUATION * 4000 + PING * 100
+        cpu_before = cpu_seconds()
+        attackers: list[tuple[RawSocket, defer.Deferred[int], task.LoopingCall]] = []
+        for _ in range(8):
+            raw = await raw_socket(running)
+            transport = cast(ITCPTransport, raw.transport)
+            transport.write(handshake(f"127.0.0.1:{running.port}"))
+            await within(raw.got_data, 5)
+            closing = raw.close_frame()
+            transport.write(OPEN_MESSAGE)
+            writer = task.LoopingCall(transport.write, flood)
+            writer.start(0.01)
+            attackers.append((raw, closing, writer))
+        started = time.monotonic()
+        latencies: list[float] = []
+        try:
+            for i in range(12):
+                a.send_json(type="message", text=f"{i} {time.monotonic()}")
+                event = await b.next()
+                number, sent = event["text"].split()
+                assert (event["type"], number) == ("message", str(i))
+                latencies.append(time.monotonic() - float(sent))
+                await task.deferLater(reactor, 0.2, lambda: None)
+            for raw, closing, _ in attackers:
+                assert (await within(closing, 1)) == 1008
+                lost_at = await within(raw.lost, 2)
+                assert lost_at - started < 3
+        finally:
+            for _, _, writer in attackers:
+                if writer.running:
+                    writer.stop()
+        cpu = cpu_seconds() - cpu_before
+        wall = time.monotonic() - started
+        print(f"flood: {wall:.2f} s wall, {cpu:.2f} CPU-seconds, chat latency max {max(latencies) * 1000:.0f} ms")
+        assert max(latencies) < 0.5, latencies
+        assert cpu < 0.5 * wall, (cpu, wall)
+        assert factory_of(running).errors["frame_flood"] == 8
+        for client in (a, b):
+            client.sendClose()
+            await within(client.closed, 5)
+    finally:
         await running.stop()
 
 
