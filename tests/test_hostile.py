@@ -313,12 +313,8 @@ EMPTY_CONTINUATION = masked_frame(b"", opcode=0, fin=False)
 
 @pytest_twisted.ensureDeferred
 async def test_unread_pongs_cut_off() -> None:
-    """
-    A client that never reads, flooding pings inside an unfinished message,
-    is cut off once the pongs waiting for it pass --max-buffer-bytes, and
-    dropped a second later; its partner is told.  (The frame budget is off,
-    or it would cut the flood off first.)
-    """
+    """A never-reading client flooding pings inside an unfinished message is cut off once its pongs pass --max-buffer-bytes."""
+    # The frame budget is off, or it would cut the flood off first.
     running = await RunningService.start("--max-buffer-bytes", "65536", "--frame-rate", "0")
     factory = factory_of(running)
     stalled = await stalled_socket(running)
@@ -353,12 +349,7 @@ async def test_unread_pongs_cut_off() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_frame_flood_cut_off_while_a_chat_goes_on() -> None:
-    """
-    Eight clients flooding empty continuation frames and pings inside
-    unfinished messages are closed with 1008 and dropped at once; a chat
-    alongside gets every message in order, each in under 0.5 s, and the
-    server's CPU time stays low.
-    """
+    """Continuation and ping floods are cut off with 1008 at once; a chat alongside stays fast and the CPU time low."""
     running = await RunningService.start()
     try:
         a, b = await pair(running.url)
