@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     options.parseOptions(
         [
             "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
-            "--message-rate", "0", "--request-rate", "0",
+            "--message-rate", "0", "--request-rate", "0", "--frame-rate", "0",
             "--max-handshake-rate", "0", "--max-connections-per-ip", "0",
             *extra,
         ]

@@ -15,6 +15,6 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 # shellcheck disable=SC2086
 exec "$PYTHON" -m twisted ${TWIST_OPTIONS:-} chatroulette \
     --listen "tcp:${port}:interface=127.0.0.1:backlog=4096" \
-    --message-rate 0 --request-rate 0 --max-handshake-rate 0 --max-connections-per-ip 0 \
+    --message-rate 0 --request-rate 0 --frame-rate 0 --max-handshake-rate 0 --max-connections-per-ip 0 \
     --max-connections 0 \
     "$@"

@@ -19,6 +19,10 @@ L{cancel_close_timer}), protocol close codes (L{send_close_frame}; Autobahn's
 public C{sendClose} refuses 1001, 1003 and 1008), exit status 0 after a
 graceful stop (L{graceful_exit}) and no client address in Twisted's own log
 lines about connections (L{hide_address_in_logs}).
+
+The frame budget (every frame a client sends takes a token, see
+L{chatroulette.protocol}) counts Autobahn's frames through L{CountedFrames}
+with the fast path, and by reading frame headers itself without it.
 """
 
 from __future__ import annotations
@@ -182,6 +186,44 @@ def autobahn_feed(protocol: Any, data: bytes) -> None:
     protocol._dataReceived(data)
 
 
+def autobahn_discard(protocol: Any) -> None:
+    """
+    Make Autobahn's parser stop: forget the bytes it holds and the frame it
+    has just begun, so that its parsing loop finds nothing more to parse.
+    Called from L{CountedFrames.onFrameBegin}.
+    """
+    protocol.data = b""
+    protocol.current_frame = None
+
+
+class CountedFrames(WebSocketServerProtocol):
+    """
+    Tell the protocol about every frame Autobahn's parser begins, of any kind
+    (data, continuation, ping, pong, close), before Autobahn handles its
+    payload, and let it refuse the frame.
+
+    Autobahn calls its undocumented C{onFrameBegin} once per frame, right
+    after it has parsed the frame's header (whatever the opcode; it is no
+    streaming-mode hook).  With the fast path's hooks on, this override asks
+    L{frame_begins}; on C{False}, the frame is dropped and Autobahn's buffer
+    emptied (L{autobahn_discard}), so nothing more of this input is parsed.
+    Without them it only passes the call on: L{chatroulette.fastpath} then
+    counts frame headers itself, on public APIs.
+    """
+
+    factory: Any
+
+    def frame_begins(self) -> bool:
+        """A frame begins: may Autobahn handle it?"""
+        return True
+
+    def onFrameBegin(self) -> None:
+        if self.factory.hooks.fast and not self.frame_begins():
+            autobahn_discard(self)
+            return
+        super().onFrameBegin()
+
+
 def can_send_direct(protocol: Any) -> bool:
     """No fragmented or synchronous send of Autobahn's is in progress."""
     return protocol.send_state == _GROUND and not protocol.triggered
@@ -320,6 +362,28 @@ def _check_autobahn(problems: list[str]) -> None:
     frame = b"\x81\x82" + b"\x00\x00\x00\x00" + b"hi"
     _expect(problems, "WebSocketProtocol._dataReceived parses a frame",
             lambda: (protocol._dataReceived(frame), received == [b"hi"])[1])
+    # Autobahn calls onFrameBegin for every frame (a ping too) with its
+    # header in current_frame; emptying data and current_frame there stops
+    # its parser (the second frame is dropped, the third never begun).
+    begun: list[int] = []
+
+    def begin() -> None:
+        begun.append(protocol.current_frame.opcode)
+        if len(begun) == 2:
+            autobahn_discard(protocol)
+        else:
+            WebSocketProtocol.onFrameBegin(protocol)
+
+    protocol.onFrameBegin = begin
+    received.clear()
+    ping = b"\x89\x80" + b"\x00\x00\x00\x00"
+    _expect(problems, "WebSocketProtocol.onFrameBegin begins every frame; data and current_frame stop it",
+            lambda: (protocol._dataReceived(ping + frame + frame),
+                     begun == [9, 1] and received == [] and protocol.data == b""
+                     and protocol.current_frame is None)[1])
+    del protocol.onFrameBegin
+    _expect(problems, "WebSocketProtocol._dataReceived parses after a discard",
+            lambda: (protocol._dataReceived(frame), received == [b"hi"])[1])
     _expect(problems, "WebSocketProtocol.sendCloseFrame(code, reasonUtf8, isReply)",
             lambda: (protocol.sendCloseFrame(code=1008, reasonUtf8=b"x", isReply=False),
                      transport.value().endswith(b"\x88\x03\x03\xf0x"))[1])
@@ -384,8 +448,9 @@ class Hooks:
     Which private hooks a server uses.
 
     C{fast}: the speed hooks (frame fast path, write-through, write batching,
-    shared options, dropped handshake state); C{--no-fast-path} turns them
-    off.  The others are not about speed, and go only if the self-check
+    shared options, dropped handshake state), and the frame budget's count of
+    Autobahn's frames (L{CountedFrames}; fallback: reading frame headers
+    before Autobahn parses them); C{--no-fast-path} turns them off.  The others are not about speed, and go only if the self-check
     fails, each to a public fallback: C{clock} (Autobahn's timers on the
     injected clock, and no closing timer outliving its connection; fallback:
     txaio's timers on the reactor), C{close_frame} (L{send_close_frame};

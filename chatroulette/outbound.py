@@ -91,10 +91,13 @@ class FrameWriter:
     def send(self, protocol: Any, payload: bytes) -> int:
         """
         Send C{payload} as one text message; return the bytes written here
-        (0 when Autobahn writes them, through C{sendData}).
+        (0 when Autobahn writes them, through C{sendData}, or when the
+        protocol's C{outgoing} refuses them).
         """
         if self.fast and can_send_direct(protocol):
             frame = text_frame(payload)
+            if not protocol.outgoing(len(frame)):
+                return 0
             batcher = self.batcher
             if batcher is not None and is_plain_tcp(protocol.transport):
                 batcher.add(protocol, frame)
@@ -115,9 +118,10 @@ class SlowReader:
     """
     Slow-reader accounting for one connection, as its transport's producer:
     the transport pauses it when its buffer is full (the client stopped
-    reading); from then on, every byte queued for the client counts, until
-    the transport drains and resumes it.  L{queued} says when the client
-    must be cut off.
+    reading); from then on, every byte queued for the client counts, whoever
+    writes it (our frames, and Autobahn's pongs, pings, close frames and
+    fragments through C{sendData}), until the transport drains and resumes
+    it.  L{queued} says when the client must be cut off.
     """
 
     __slots__ = ("limit", "paused", "pending")

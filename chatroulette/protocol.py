@@ -7,6 +7,11 @@ L{chatroulette.ratelimit} per frame, parses with L{chatroulette.messages},
 calls the lobby, and sends what the lobby says through the factory's
 L{chatroulette.outbound.FrameWriter}.  L{ChatServerFactory} owns the lobby
 and wires those parts together.
+
+Two protections cut a client off rather than close it politely
+(L{ChatServerProtocol.cut_off}): more frames than the frame budget allows,
+and more bytes queued for a client that does not read than
+C{--max-buffer-bytes}.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IConsumer, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -52,8 +57,12 @@ BANNED_TEXT = "Your address was reported by several people and cannot chat for a
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
+# Seconds a cut-off client has to take our close frame before the connection
+# is dropped (we stop reading it, so it cannot answer; see cut_off).
+CUT_OFF_GRACE = 1.0
 
 _OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 
 class ChatServerProtocol(FastTextFrames):
@@ -70,6 +79,7 @@ class ChatServerProtocol(FastTextFrames):
     _slot: Slot | str | None = None
     _limits: ConnectionLimits | None = None
     _reader: SlowReader | None = None
+    _drop_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -102,6 +112,7 @@ class ChatServerProtocol(FastTextFrames):
         factory = self.factory
         settings = factory.settings
         self._limits = ConnectionLimits(settings, factory.clock.seconds())
+        self.count_frames(self._limits.frames)
         if settings.max_buffer_bytes:
             # Replace the HTTP channel (registered before the upgrade) as the
             # transport's producer: the transport then tells us when its
@@ -117,7 +128,7 @@ class ChatServerProtocol(FastTextFrames):
         factory.lobby.connect(self)
         factory.connected(self)
         self._log.info("client {client} connected", client=self.client_id, event="connect")
-        self._emit(messages.welcome(factory.lobby.online))
+        self.send_text(messages.welcome(factory.lobby.online))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._leave_lobby(code)
@@ -125,6 +136,10 @@ class ChatServerProtocol(FastTextFrames):
         factory.live.discard(self)
         if factory.hooks.clock:
             cancel_close_timer(self)
+        if self._drop_call is not None:
+            if self._drop_call.active():
+                self._drop_call.cancel()
+            self._drop_call = None
 
     def _leave_lobby(self, code: int | None) -> None:
         """Leave the lobby (telling any partner at once); idempotent."""
@@ -225,7 +240,7 @@ class ChatServerProtocol(FastTextFrames):
             self.factory.count_report(self, reported)
         elif isinstance(frame, Invite):
             self._check_ban()
-            self._emit(messages.invite(lobby.create_invite(self)))
+            self.send_text(messages.invite(lobby.create_invite(self)))
 
     def _check_ban(self) -> None:
         key = self.address_key
@@ -243,6 +258,36 @@ class ChatServerProtocol(FastTextFrames):
             self._leave_lobby(code)
             send_close_frame(self, code, reason, self.factory.hooks.close_frame)
 
+    def over_frame_budget(self) -> None:
+        self.cut_off("frame_flood", "Too many frames.")
+
+    def cut_off(self, counter: str, reason: str) -> None:
+        """
+        Close with 1008 a client whose input or output must stop at once:
+        everything it sends from now on is dropped unparsed (Autobahn would
+        go on parsing frames after a close), its socket is no longer read,
+        its partner is told now, and the connection is dropped
+        L{CUT_OFF_GRACE} seconds after the close frame, whether or not the
+        client took it (it cannot answer: it is not read).  Idempotent.
+        """
+        if self.discarding:
+            return
+        self.discarding = True
+        self.factory.errors[counter] += 1
+        self._log.info("client {client} cut off: {reason}", client=self.client_id, reason=reason, event="limit")
+        producer = IPushProducer(self.transport, None)
+        if producer is not None:
+            producer.pauseProducing()  # the transport stops reading the socket
+        self._leave_lobby(CLOSE_POLICY_VIOLATION)
+        if self.state == _OPEN:
+            send_close_frame(self, CLOSE_POLICY_VIOLATION, reason, self.factory.hooks.close_frame)
+        if self.state != _CLOSED:
+            self._drop_call = self.factory.clock.callLater(CUT_OFF_GRACE, self._drop)
+
+    def _drop(self) -> None:
+        self._drop_call = None
+        cast(ITCPTransport, self.transport).abortConnection()
+
     def onAutoPingTimeout(self) -> None:
         self.factory.errors["ping_timeout"] += 1
         self._log.info("client {client} stopped answering pings", client=self.client_id, event="limit")
@@ -251,39 +296,41 @@ class ChatServerProtocol(FastTextFrames):
 
     # Frames out -----------------------------------------------------------------
 
-    def _emit(self, frame: bytes) -> None:
-        if self.state == _OPEN:
-            reader = self._reader
-            if reader is not None and reader.paused and reader.queued(len(frame)):
-                self.factory.errors["slow_reader"] += 1
-                self._log.info("client {client} closed: not reading", client=self.client_id, event="limit")
-                self.close_with(CLOSE_POLICY_VIOLATION, "Too slow: not reading.")
-                return
-            self.send_text(frame)
+    def outgoing(self, size: int) -> bool:
+        """
+        Count what is queued for a client that stopped reading (our frames
+        and everything Autobahn writes); past C{max_buffer_bytes}, drop it
+        and cut the client off.  The cut-off's own close frame goes out.
+        """
+        reader = self._reader
+        if reader is None or self.discarding or not reader.queued(size):
+            return True
+        self.cut_off("slow_reader", "Too slow: not reading.")
+        return False
 
     def send_error(self, code: str, message: str) -> None:
         self.factory.errors[code] += 1
-        self._emit(messages.error(code, message))
+        self.send_text(messages.error(code, message))
 
     # Peer interface ---------------------------------------------------------
 
     def send_waiting(self) -> None:
-        self._emit(messages.waiting())
+        self.send_text(messages.waiting())
 
     def send_paired(self, chat: str, interests: Sequence[str]) -> None:
-        self._emit(messages.paired(chat, interests))
+        self.send_text(messages.paired(chat, interests))
 
     def send_message(self, text: str) -> None:
-        self._emit(messages.message(text))
+        self.send_text(messages.message(text))
 
     def send_typing(self, active: bool) -> None:
-        self._emit(messages.typing(active))
+        self.send_text(messages.typing(active))
 
     def send_partner_left(self, chat: str) -> None:
-        self._emit(messages.partner_left(chat))
+        self.send_text(messages.partner_left(chat))
 
     def send_invite_expired(self, code: str) -> None:
-        self._emit(messages.invite_expired(code))
+        self.send_text(messages.invite_expired(code))
 
 
 # Chat starts, in the factory's namespace; a module-level logger is not

@@ -23,6 +23,11 @@ class Settings:
     typing_burst: int = 20
     request_rate: float = 2.0
     request_burst: int = 10
+    # Every frame of any kind (data, continuation, ping, pong, close) takes a
+    # token from one more bucket, before its payload is handled; over it, the
+    # connection is cut off (see docs/design.md for the defaults).
+    frame_rate: float = 100.0
+    frame_burst: int = 300
     # Close a connection that lets this many bytes pile up unread (0 = never).
     max_buffer_bytes: int = 1024 * 1024
     # Open connections (HTTP and WebSocket) at once; 0: no cap (twistd's
@@ -53,6 +58,10 @@ def websocket_options(settings: Settings) -> dict[str, Any]:
         closeHandshakeTimeout=settings.close_handshake_timeout,
         autoPingInterval=settings.ping_interval,
         autoPingTimeout=settings.ping_timeout,
+        # Only the answer to our ping proves a client alive; by default any
+        # data frame would (even an empty continuation frame that never ends
+        # its message), and a client that never reads would stay forever.
+        autoPingRestartOnAnyTraffic=False,
         perMessageCompressionAccept=lambda offers: None,
         # Origins (including "null") are judged by OriginPolicy in onConnect.
         allowNullOrigin=True,

@@ -226,6 +226,21 @@ class Options(usage.Options):
             _count("request-burst", 1),
         ],
         [
+            "frame-rate",
+            None,
+            _DEFAULTS.frame_rate,
+            "WebSocket frames of any kind (messages, fragments, pings, pongs) per second per "
+            "connection; a client over it is closed with 1008 and dropped (0: no limit).",
+            _rate("frame-rate"),
+        ],
+        [
+            "frame-burst",
+            None,
+            _DEFAULTS.frame_burst,
+            "Frames a connection may send at once before --frame-rate applies.",
+            _count("frame-burst", 1),
+        ],
+        [
             "max-connections-per-ip",
             None,
             _DEFAULTS.max_connections_per_ip,
@@ -501,6 +516,8 @@ class Options(usage.Options):
             typing_burst=self["typing-burst"],
             request_rate=self["request-rate"],
             request_burst=self["request-burst"],
+            frame_rate=self["frame-rate"],
+            frame_burst=self["frame-burst"],
             max_buffer_bytes=self["max-buffer-bytes"],
             allowed_origins=tuple(self["allowed-origin"]),
             max_connections_per_ip=self["max-connections-per-ip"],

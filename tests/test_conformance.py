@@ -1,8 +1,9 @@
 """
 RFC 6455 conformance: the Autobahn TestSuite cases of sections 1-7 and 10,
 run by kosoku against an echo service built with the production WebSocket
-options (L{chatroulette.settings.websocket_options}) behind the production
-HTTP layer (L{chatroulette.web.GuardedSite}, L{ChatWebSocketResource}).
+options (L{chatroulette.settings.websocket_options}) and frame budget behind
+the production HTTP layer (L{chatroulette.web.GuardedSite},
+L{ChatWebSocketResource}).
 
 Seven cases send single messages of 64 KiB (1.1.6-1.1.8, 1.2.6-1.2.8,
 10.1.1); the production limit is 32 KiB (--max-frame-bytes), so there the
@@ -30,6 +31,7 @@ from twisted.web.resource import Resource
 
 from chatroulette.fastpath import FastTextFrames
 from chatroulette.internals import Hooks, cancel_close_timer, share_options, use_clock
+from chatroulette.limits import TokenBucket
 from chatroulette.lobby import Lobby
 from chatroulette.outbound import FrameWriter
 from chatroulette.protocol import ChatServerFactory
@@ -96,6 +98,10 @@ class Echo(FastTextFrames):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.sendMessage(payload, isBinary)
 
+    def onOpen(self) -> None:
+        settings = self.factory.settings
+        self.count_frames(TokenBucket(settings.frame_rate, settings.frame_burst, self.factory.clock.seconds()))
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         cancel_close_timer(self)
 
@@ -110,6 +116,7 @@ async def run_suite(settings: Settings) -> dict[str, dict[str, Any]]:
     use_clock(echo, reactor)
     share_options(echo)
     echo.writer = FrameWriter(reactor, fast=True)
+    echo.settings, echo.clock = settings, reactor
     root = Resource()
     root.putChild(b"echo", ChatWebSocketResource(echo))
     clock: IReactorTime = reactor

@@ -1,12 +1,15 @@
 """
 Hostile clients over real loopback sockets, against the service as
 makeService builds it: slowloris, megabytes of headers, a client that never
-reads, floods, cross-site pages, too many connections from one address.
+reads, floods (of messages, of pings and empty continuation frames, of
+pongs it never reads), cross-site pages, too many connections from one
+address.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import time
 from pathlib import Path
@@ -20,6 +23,8 @@ from twisted.internet.interfaces import IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent
+
+from chatroulette.service import ChatService
 
 from .hostile import close_code, handshake, masked_frame, server_frames
 from .loopback import QueueClient, RunningService, open_client, read_body
@@ -249,27 +254,48 @@ async def get(url: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:
     return response.code, dict(response.headers.getAllRawHeaders()), body
 
 
+async def stalled_socket(running: RunningService) -> socket.socket:
+    """
+    A WebSocket client on a plain non-blocking socket with a small receive
+    window, past the handshake, that never calls recv() again: the kernel
+    buffers fill, then the server's; only the latter is ours to bound.
+    """
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.setblocking(False)
+    stalled.connect_ex(("127.0.0.1", running.port))
+    await task.deferLater(reactor, 0.05, lambda: None)
+    stalled.send(handshake(f"127.0.0.1:{running.port}"))
+    response = b""
+    while b"\r\n\r\n" not in response:  # the 101; nothing is read after it
+        await task.deferLater(reactor, 0.01, lambda: None)
+        try:
+            response += stalled.recv(1024)
+        except BlockingIOError:
+            pass
+    assert response.startswith(b"HTTP/1.1 101")
+    return stalled
+
+
+def factory_of(running: RunningService) -> Any:
+    return next(s for s in running.service if isinstance(s, ChatService)).factory
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far (the service runs in it)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 @pytest_twisted.ensureDeferred
 async def test_client_that_never_reads_is_closed(mode: list[str]) -> None:
     """A client that stops reading is closed once its backlog passes --max-buffer-bytes; its partner is told."""
-    running = await RunningService.start("--max-buffer-bytes", "262144", "--message-rate", "0", *mode)
-    stalled = socket.socket()
+    # The partner floods: no message rate limit, and no frame budget.
+    running = await RunningService.start(
+        "--max-buffer-bytes", "262144", "--message-rate", "0", "--frame-rate", "0", *mode
+    )
+    stalled = await stalled_socket(running)
     try:
-        # A small receive window, and never a recv(): the kernel buffers
-        # fill, then the server's; only the latter is ours to bound.
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.setblocking(False)
-        stalled.connect_ex(("127.0.0.1", running.port))
-        await task.deferLater(reactor, 0.05, lambda: None)
-        stalled.send(handshake(f"127.0.0.1:{running.port}"))
-        response = b""
-        while b"\r\n\r\n" not in response:  # the 101; nothing is read after it
-            await task.deferLater(reactor, 0.01, lambda: None)
-            try:
-                response += stalled.recv(1024)
-            except BlockingIOError:
-                pass
-        assert response.startswith(b"HTTP/1.1 101")
         stalled.send(masked_frame(b'{"type":"find"}'))
         partner = await raw_socket(running)
         transport = cast(ITCPTransport, partner.transport)
@@ -290,6 +316,97 @@ async def test_client_that_never_reads_is_closed(mode: list[str]) -> None:
         await within(partner.lost, 5)
     finally:
         stalled.close()
+        await running.stop()
+
+
+PING = masked_frame(b"p" * 125, opcode=9)
+OPEN_MESSAGE = masked_frame(b'{"type":', fin=False)  # a text message, never finished
+EMPTY_CONTINUATION = masked_frame(b"", opcode=0, fin=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unread_pongs_cut_off() -> None:
+    """A never-reading client flooding pings inside an unfinished message is cut off once its pongs pass --max-buffer-bytes."""
+    # The frame budget is off, or it would cut the flood off first.
+    running = await RunningService.start("--max-buffer-bytes", "65536", "--frame-rate", "0")
+    factory = factory_of(running)
+    stalled = await stalled_socket(running)
+    try:
+        partner = await open_client(running.url)
+        partner.send_json(type="find")
+        stalled.send(masked_frame(b'{"type":"find"}') + OPEN_MESSAGE)
+        chat = (await partner.next("paired"))["chat"]
+        flood, pending = PING * 500, b""
+        started = time.monotonic()
+        dropped = None
+        while dropped is None:
+            elapsed = time.monotonic() - started
+            assert elapsed < 8, f"not cut off after {elapsed:.1f} s ({factory.errors})"
+            try:
+                # Whole frames only: the kernel may take part of a send.
+                pending = pending or flood
+                pending = pending[stalled.send(pending) :]
+            except BlockingIOError:
+                pass  # the server stopped reading: its buffers and ours are full
+            except OSError:  # reset: the server dropped the connection
+                dropped = elapsed
+            await task.deferLater(reactor, 0.001, lambda: None)
+        assert factory.errors["slow_reader"] == 1
+        assert (await partner.next()) == {"type": "partner_left", "chat": chat}
+        partner.sendClose()
+        await within(partner.closed, 5)
+    finally:
+        stalled.close()
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_frame_flood_cut_off_while_a_chat_goes_on() -> None:
+    """Continuation and ping floods are cut off with 1008 at once; a chat alongside stays fast and the CPU time low."""
+    running = await RunningService.start()
+    try:
+        a, b = await pair(running.url)
+        flood = EMPTY_CONTINUATION * 4000 + PING * 100
+        cpu_before = cpu_seconds()
+        attackers: list[tuple[RawSocket, defer.Deferred[int], task.LoopingCall]] = []
+        for _ in range(8):
+            raw = await raw_socket(running)
+            transport = cast(ITCPTransport, raw.transport)
+            transport.write(handshake(f"127.0.0.1:{running.port}"))
+            await within(raw.got_data, 5)
+            closing = raw.close_frame()
+            transport.write(OPEN_MESSAGE)
+            writer = task.LoopingCall(transport.write, flood)
+            writer.start(0.01)
+            attackers.append((raw, closing, writer))
+        started = time.monotonic()
+        latencies: list[float] = []
+        try:
+            for i in range(12):
+                a.send_json(type="message", text=f"{i} {time.monotonic()}")
+                event = await b.next()
+                number, sent = event["text"].split()
+                assert (event["type"], number) == ("message", str(i))
+                latencies.append(time.monotonic() - float(sent))
+                await task.deferLater(reactor, 0.2, lambda: None)
+            for raw, closing, _ in attackers:
+                assert (await within(closing, 1)) == 1008
+                lost_at = await within(raw.lost, 2)
+                assert lost_at - started < 3
+        finally:
+            for _, _, writer in attackers:
+                if writer.running:
+                    writer.stop()
+        cpu = cpu_seconds() - cpu_before
+        wall = time.monotonic() - started
+        print(f"flood: {wall:.2f} s wall, {cpu:.2f} CPU-seconds, chat latency max {max(latencies) * 1000:.0f} ms")
+        assert max(latencies) < 0.5, latencies
+        assert cpu < 0.5 * wall, (cpu, wall)
+        assert factory_of(running).errors["frame_flood"] == 8
+        for client in (a, b):
+            client.sendClose()
+            await within(client.closed, 5)
+    finally:
         await running.stop()
 
 

@@ -75,6 +75,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["repeat-cooldown"], 30.0)
         self.assertTrue((options["static"] / "index.html").is_file())
 
+    def test_frame_budget_options(self) -> None:
+        """--frame-rate and --frame-burst reach the settings; the defaults leave room above every per-type burst."""
+        settings = self.parse().settings()
+        self.assertEqual((settings.frame_rate, settings.frame_burst), (100.0, 300))
+        self.assertGreater(settings.frame_burst, settings.message_burst + settings.typing_burst + settings.request_burst + 100)
+        settings = self.parse("--frame-rate", "0", "--frame-burst", "50").settings()
+        self.assertEqual((settings.frame_rate, settings.frame_burst), (0.0, 50))
+        for args in (["--frame-rate", "-1"], ["--frame-burst", "0"]):
+            with self.assertRaises(usage.UsageError):
+                self.parse(*args)
+
     def test_repeatable_listen(self) -> None:
         """--listen can be given several times."""
         options = self.parse("--listen", "tcp:8081", "--listen", "tcp6:8082")

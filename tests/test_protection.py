@@ -15,6 +15,7 @@ from twisted.test.iosim import FakeTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.moderation import Moderation
+from chatroulette.protocol import CUT_OFF_GRACE
 from chatroulette.settings import Settings
 from chatroulette.service import ChatService
 
@@ -289,6 +290,10 @@ class SlowReaderTests(ProtectionTestCase):
             producer.pauseProducing()
             fast.send_json(type="message", text="x" * 2000)
             self.server.flush()
+        # Cut off: the close frame is sent, the client no longer read, and
+        # the connection dropped a grace period later.
+        self.assertIsNone(slow.closed)
+        self.server.advance(CUT_OFF_GRACE)
         assert slow.closed is not None
         self.assertEqual(slow.closed[1], 1008)
         frame_size = len(json.dumps({"type": "message", "text": "x" * 2000}, separators=(",", ":")))
