@@ -49,7 +49,7 @@ from .messages import (
 )
 from .moderation import Moderation
 from .outbound import FrameWriter, SlowReader
-from .ratelimit import ConnectionLimits, Verdict
+from .ratelimit import ConnectionLimits
 from .settings import Settings, websocket_options
 
 BANNED_TEXT = "Your address was reported by several people and cannot chat for a while."
@@ -199,10 +199,9 @@ class ChatServerProtocol(FastTextFrames):
         """
         limits = self._limits
         assert limits is not None
-        verdict = limits.check(frame, self.factory.clock.seconds())
-        if verdict is Verdict.ALLOW:
+        if limits.allow(frame, self.factory.clock.seconds()):
             return True
-        if verdict is Verdict.CLOSE:
+        if limits.flooding(frame):
             self.factory.errors["flood"] += 1
             self._log.info("client {client} closed for flooding", client=self.client_id, event="limit")
             self.close_with(CLOSE_POLICY_VIOLATION, "Too many requests.")

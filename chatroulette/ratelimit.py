@@ -7,7 +7,6 @@ finds where frames begin in a client's bytes for it.
 
 from __future__ import annotations
 
-import enum
 from typing import Callable
 
 from . import messages
@@ -15,10 +14,7 @@ from .limits import TokenBucket
 from .settings import Settings
 
 
-class Verdict(enum.Enum):
-    ALLOW = "allow"
-    REFUSE = "refuse"  # answer rate_limited, change nothing
-    CLOSE = "close"  # flooding: close with 1008
+_MESSAGE, _TYPING = messages.Message, messages.Typing
 
 
 class ConnectionLimits:
@@ -42,18 +38,24 @@ class ConnectionLimits:
     def bucket_for(self, frame: messages.ClientFrame | None) -> TokenBucket | None:
         """The bucket a frame (None: a malformed one) takes from."""
         kind = frame.__class__
-        if kind is messages.Message:
+        if kind is _MESSAGE:
             return self.messages
-        if kind is messages.Typing:
+        if kind is _TYPING:
             return self.typing
         return self.requests
 
-    def check(self, frame: messages.ClientFrame | None, now: float) -> Verdict:
-        """Take a token for C{frame}, or say what to do instead."""
+    def allow(self, frame: messages.ClientFrame | None, now: float) -> bool:
+        """Take a token for C{frame} (the per-frame hot path: no allocation)."""
         bucket = self.bucket_for(frame)
-        if bucket is None or bucket.take(now):
-            return Verdict.ALLOW
-        return Verdict.CLOSE if bucket.flooding else Verdict.REFUSE
+        return bucket is None or bucket.take(now)
+
+    def flooding(self, frame: messages.ClientFrame | None) -> bool:
+        """
+        After L{allow} refused C{frame}: is the client flooding (close it
+        1008), rather than a little too fast (answer C{rate_limited})?
+        """
+        bucket = self.bucket_for(frame)
+        return bucket is not None and bucket.flooding
 
 
 def _bucket(rate: float, burst: int, now: float) -> TokenBucket | None:
