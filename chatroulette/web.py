@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, cast
+from typing import Any, Iterator, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CollectorRegistry, generate_latest
@@ -23,7 +23,6 @@ from twisted.web.http import HTTPChannel, datetimeToLogString
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
-from zope.interface import implementer
 
 from .limits import Slot
 from .logbudget import client_text

@@ -12,7 +12,7 @@ from typing import Any, cast
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints, reactor
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IResponse
@@ -124,3 +124,28 @@ def read_body(response: IResponse) -> defer.Deferred[bytes]:
     done: defer.Deferred[bytes] = defer.Deferred()
     response.deliverBody(_Body(done))
     return done
+
+
+class _Raw(Protocol):
+    """Bytes received on a raw connection; C{lost} fires when the server closes it."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+async def exchange(port: int, request: bytes, timeout: float = 5) -> bytes:
+    """Send C{request} over a real loopback socket; return everything until the server closes."""
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    raw = cast(_Raw, await endpoint.connect(Factory.forProtocol(_Raw)))
+    assert raw.transport is not None
+    raw.transport.write(request)
+    raw.lost.addTimeout(timeout, reactor)
+    await raw.lost
+    return raw.received

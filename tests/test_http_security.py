@@ -20,15 +20,12 @@ from typing import Any, AsyncIterator, cast
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, endpoints, reactor
+from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import log as legacy_log
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from twisted.web.resource import Resource
@@ -42,7 +39,7 @@ from chatroulette.tap import Options, makeService
 
 from .certs import make_certificate
 from .hostile import RawClient, connect_as, handshake, raw_connect
-from .loopback import RunningService, read_body
+from .loopback import RunningService, exchange, read_body
 from .memory import MemoryServer
 from .test_lobby import RecordingPeer, make_lobby
 
@@ -129,29 +126,6 @@ class NoAddressAccessLogTests(AccessLogTestCase):
         self.assertRegex(line, r'^"-" - - \[.*\] "GET /healthz HTTP/1.1" 200 \d+ "-" "-"$')
         self.assertNotIn("s3cr3t", dump(self.events))
         self.assertNotIn(REMOTE, dump(self.events))
-
-
-class _Raw(Protocol):
-    def __init__(self) -> None:
-        self.received = b""
-        self.lost: defer.Deferred[None] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.lost.callback(None)
-
-
-async def exchange(port: int, request: bytes) -> bytes:
-    """Send C{request} over a real socket and return everything until the server closes."""
-    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    raw = cast(_Raw, await endpoint.connect(Factory.forProtocol(_Raw)))
-    assert raw.transport is not None
-    raw.transport.write(request)
-    raw.lost.addTimeout(5, reactor)
-    await raw.lost
-    return raw.received
 
 
 async def start_service(*args: str) -> RunningService:

@@ -11,8 +11,7 @@ import os
 from typing import Any, AsyncIterator, cast
 
 import pytest_twisted
-from twisted.internet import defer, endpoints, reactor
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import (
@@ -25,7 +24,6 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.logbudget import (
@@ -40,7 +38,7 @@ from chatroulette.logsetup import LogSetup
 from chatroulette.tap import Options, makeService
 
 from .hostile import raw_connect
-from .loopback import RunningService, open_client
+from .loopback import RunningService, exchange, open_client
 from .memory import MemoryServer
 
 PAD = "x" * 15_000
@@ -406,26 +404,6 @@ def malformed_handshake(i: int) -> bytes:
     return (request + "\r\n").encode()
 
 
-class OneShot(Protocol):
-    """Sends one request and fires C{done} when the server has closed the connection."""
-
-    def __init__(self) -> None:
-        self.done: defer.Deferred[None] = defer.Deferred()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.done.callback(None)
-
-
-async def send_raw(port: int, data: bytes) -> None:
-    """Connect, send C{data}, and wait until the server has closed the connection."""
-    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    client = cast(OneShot, await endpoint.connect(Factory.forProtocol(OneShot)))
-    assert client.transport is not None
-    client.transport.write(data)
-    client.done.addTimeout(10, reactor)
-    await client.done
-
-
 class Capture:
     """An observer installed before the service starts: it sees what the log file would get."""
 
@@ -461,7 +439,7 @@ async def test_malformed_handshake_flood_within_budget(captured: Capture) -> Non
         await b.next("paired")
         for batch in range(0, 300, 50):
             await defer.gatherResults(
-                [defer.ensureDeferred(send_raw(running.port, malformed_handshake(i))) for i in range(batch, batch + 50)]
+                [defer.ensureDeferred(exchange(running.port, malformed_handshake(i), timeout=10)) for i in range(batch, batch + 50)]
             )
             a.send_json(type="message", text=f"still here {batch}")
             assert (await b.next("message"))["text"] == f"still here {batch}"
