@@ -374,8 +374,8 @@ class Options(usage.Options):
             "refused-log-bytes",
             None,
             DEFAULT_BYTES_PER_SECOND,
-            "Bytes of message per second those lines may take, shared the same way "
-            "(0: no limit).",
+            "Bytes of message per second that the log lines about refused or malformed "
+            "requests (see --refused-log-lines) may take, for the whole server (0: no limit).",
             _rate("refused-log-bytes"),
         ],
         [

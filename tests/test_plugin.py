@@ -60,6 +60,40 @@ class PluginTests(SynchronousTestCase):
                        "--proxy-header"]:
             self.assertIn(option, result.stdout)
 
+    def test_help_texts_stand_alone(self) -> None:
+        """Every option's help is a sentence of its own (sorted alphabetically, none can lean on its neighbour)."""
+        texts = {name: text for name, text in _help_texts(Options())}
+        self.assertGreater(len(texts), 30)
+        for name, text in texts.items():
+            first = text.split()[0]
+            self.assertTrue(first[0].isupper() or first.startswith(("--", "yes:")), (name, text))
+            self.assertNotIn(first.rstrip(",").lower(), {"such", "these", "those", "it", "they", "same"}, name)
+            self.assertNotIn("the same way", text, name)
+
+    def test_help_is_aligned(self) -> None:
+        """--help lays every option's text out in one column, with no stray spacing inside a text."""
+        help_text = str(Options())
+        column = None
+        for line in help_text.splitlines():
+            if line.startswith("      --"):
+                name, _, rest = line.strip().partition(" ")
+                start = line.index(rest.strip()) if rest.strip() else None
+                if start is not None:
+                    column = column or start
+                    self.assertEqual(start, column, line)
+            self.assertNotIn("  ", line.strip().split(" ", 1)[-1].strip() if line.startswith("      --") else line.strip(), line)
+
+
+def _help_texts(options: Options) -> list[tuple[str, str]]:
+    """Each option's help text, as --help shows it (parameters, flags and opt_ methods)."""
+    texts = [(p[0], " ".join(p[3].split())) for p in options.optParameters]
+    texts += [(f[0], " ".join(f[2].split())) for f in options.optFlags]
+    for attr in dir(options):
+        if attr.startswith("opt_") and attr not in ("opt_help", "opt_version"):
+            doc = getattr(options, attr).__doc__ or ""
+            texts.append((attr[4:].replace("_", "-"), " ".join(doc.split())))
+    return texts
+
 
 class OptionsTests(SynchronousTestCase):
     def parse(self, *args: str) -> Options:
