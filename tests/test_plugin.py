@@ -86,8 +86,8 @@ class PluginTests(SynchronousTestCase):
 
 def _help_texts(options: Options) -> list[tuple[str, str]]:
     """Each option's help text, as --help shows it (parameters, flags and opt_ methods)."""
-    texts = [(p[0], " ".join(p[3].split())) for p in options.optParameters]
-    texts += [(f[0], " ".join(f[2].split())) for f in options.optFlags]
+    texts = [(p[0], " ".join(str(p[3]).split())) for p in options.optParameters]
+    texts += [(f[0], " ".join((f[2] or "").split())) for f in options.optFlags]
     for attr in dir(options):
         if attr.startswith("opt_") and attr not in ("opt_help", "opt_version"):
             doc = getattr(options, attr).__doc__ or ""
