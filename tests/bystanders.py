@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Coroutine, cast
+from typing import Any, Callable, Coroutine, cast
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import IReactorTime
@@ -64,6 +64,7 @@ class Chatter(QueueClient):
         self.unexpected: list[dict[str, Any]] = []
         self.close_code: int | None = None
         self.has_closed = False
+        self.on_arrival: Callable[[], None] = lambda: None
         self._wanted: tuple[int, defer.Deferred[None]] | None = None
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -79,6 +80,7 @@ class Chatter(QueueClient):
         self.received.append(int(seq))
         self.latencies.append(arrived - float(sent))
         self._check_wanted()
+        self.on_arrival()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.has_closed = True
@@ -151,6 +153,8 @@ class ChattingPair:
         self.a, self.b = a, b
         self._ticks = 0
         self._enough: tuple[int, defer.Deferred[None]] | None = None
+        self._arrivals: list[defer.Deferred[None]] = []
+        a.on_arrival = b.on_arrival = self._arrived
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = _clock
         self._interval = interval
@@ -200,6 +204,23 @@ class ChattingPair:
         )
         client.name = name
         return client
+
+    def delivered(self, timeout: float = 2.0) -> defer.Deferred[None]:
+        """
+        Fires when the next message of the pair arrives (either way): an
+        attack that waits for it between rounds is spread over the chat
+        instead of running between two of its messages.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        self._arrivals.append(d)
+        d.addTimeout(timeout, _clock)
+        return d
+
+    def _arrived(self) -> None:
+        arrivals, self._arrivals = self._arrivals, []
+        for d in arrivals:
+            if not d.called:  # timed out meanwhile
+                d.callback(None)
 
     def _tick(self) -> None:
         self.a.send_next()

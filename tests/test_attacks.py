@@ -231,7 +231,8 @@ async def test_http_junk_refused_without_tracebacks() -> None:
         with captured_log() as events:
             async with chatting(running) as pair:
                 answers: Counter[tuple[bytes, int | None]] = Counter()
-                for _ in range(10):  # 10 rounds of 20 at once: 200 requests
+                for _ in range(10):  # 10 rounds of 20 at once, one per message of the pair: 200 requests
+                    await pair.delivered()
                     batch = [request for request, _ in JUNK] * 5
                     for request, client in zip(batch, await all_of(batch, running)):
                         await within(client.lost)  # each answered, then closed by the server
