@@ -73,10 +73,11 @@ class Chatter(QueueClient):
             return
         arrived = time.monotonic()
         event = json.loads(payload)
-        if event.get("type") != "message":
+        fields = event["text"].split(" ") if event.get("type") == "message" else []
+        if len(fields) != 3:
             self.unexpected.append(event)
             return
-        _, seq, sent = event["text"].split(" ")
+        _, seq, sent = fields
         self.received.append(int(seq))
         self.latencies.append(arrived - float(sent))
         self._check_wanted()
