@@ -81,10 +81,18 @@ class QueueClient(WebSocketClientProtocol):
                 return event
 
 
-async def open_client(url: str, origin: str | None = None) -> QueueClient:
-    """Connect a L{QueueClient} to C{url} over a real socket and wait for the handshake."""
-    factory = WebSocketClientFactory(url, origin=origin)
-    factory.protocol = QueueClient
+async def open_client(
+    url: str,
+    origin: str | None = None,
+    headers: dict[str, str] | None = None,
+    client_class: type[QueueClient] = QueueClient,
+) -> QueueClient:
+    """
+    Connect a L{QueueClient} (or C{client_class}) to C{url} over a real
+    socket, sending any extra handshake C{headers}, and wait for the handshake.
+    """
+    factory = WebSocketClientFactory(url, origin=origin, headers=headers)
+    factory.protocol = client_class
     factory.setProtocolOptions(failByDrop=False)
     host, port = factory.host, factory.port
     endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port)
