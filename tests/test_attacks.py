@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Coroutine, Iterator, cast
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.interfaces import IReactorTime, ITCPTransport
@@ -53,10 +54,22 @@ async def within(awaitable: defer.Deferred[Any] | Coroutine[Any, Any, Any], seco
     return await d
 
 
+# Every attack runs against the fast path and against public APIs only.
+_mode: list[str] = []
+
+
+@pytest.fixture(autouse=True, params=["fast path", "no fast path"])
+def mode(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run each attack once with the fast path and once with --no-fast-path."""
+    _mode[:] = [] if request.param == "fast path" else ["--no-fast-path"]
+    yield
+    _mode.clear()
+
+
 @asynccontextmanager
 async def serving(*args: str) -> AsyncIterator[RunningService]:
     """The service on loopback with these options (and the pair's), stopped afterwards."""
-    running = await RunningService.start(*PAIR_ARGS, *args)
+    running = await RunningService.start(*PAIR_ARGS, *_mode, *args)
     try:
         yield running
     finally:
