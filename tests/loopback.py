@@ -7,6 +7,8 @@ and reading an HTTP response body.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -29,23 +31,36 @@ def listeners(service: MultiService) -> list[ListeningService]:
 class RunningService:
     """The chatroulette service started in-process on an ephemeral loopback port."""
 
-    def __init__(self, service: MultiService, port: int) -> None:
+    def __init__(self, service: MultiService, port: int, scratch: str | None = None) -> None:
         self.service = service
         self.port = port
+        self._scratch = scratch
         self.url = f"ws://127.0.0.1:{port}/ws"
         self.http = f"http://127.0.0.1:{port}"
 
     @classmethod
     async def start(cls, *args: str) -> RunningService:
+        """
+        Start it with these options, on an ephemeral loopback port and, unless
+        C{args} say otherwise, with its bans file in a fresh temporary
+        directory (never the checkout, where a ban would outlive the test).
+        """
         options = Options()
-        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", *args])
+        defaults = ["--listen", "tcp:0:interface=127.0.0.1"]
+        scratch = None
+        if "--state-dir" not in args:
+            scratch = tempfile.mkdtemp(prefix="chatroulette-test-")
+            defaults += ["--state-dir", scratch]
+        options.parseOptions([*defaults, *args])
         service = makeService(options)
         service.startService()
         port = await listeners(service)[0].when_listening()
-        return cls(service, port.getHost().port)  # type: ignore[attr-defined]
+        return cls(service, port.getHost().port, scratch)  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
         await defer.maybeDeferred(self.service.stopService)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 class QueueClient(WebSocketClientProtocol):
