@@ -167,8 +167,8 @@ async def test_cross_site_page_refused(service: RunningService) -> None:
 
 
 @pytest_twisted.async_yield_fixture()
-async def proxied() -> AsyncIterator[RunningService]:
-    running = await RunningService.start("--trust-proxy-headers", "--max-connections-per-ip", "3")
+async def proxied(mode: list[str]) -> AsyncIterator[RunningService]:
+    running = await RunningService.start("--trust-proxy-headers", "--max-connections-per-ip", "3", *mode)
     yield running
     await running.stop()
 
@@ -325,10 +325,10 @@ EMPTY_CONTINUATION = masked_frame(b"", opcode=0, fin=False)
 
 
 @pytest_twisted.ensureDeferred
-async def test_unread_pongs_cut_off() -> None:
+async def test_unread_pongs_cut_off(mode: list[str]) -> None:
     """A never-reading client flooding pings inside an unfinished message is cut off once its pongs pass --max-buffer-bytes."""
     # The frame budget is off, or it would cut the flood off first.
-    running = await RunningService.start("--max-buffer-bytes", "65536", "--frame-rate", "0")
+    running = await RunningService.start("--max-buffer-bytes", "65536", "--frame-rate", "0", *mode)
     factory = factory_of(running)
     stalled = await stalled_socket(running)
     try:
@@ -361,9 +361,9 @@ async def test_unread_pongs_cut_off() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_frame_flood_cut_off_while_a_chat_goes_on() -> None:
+async def test_frame_flood_cut_off_while_a_chat_goes_on(mode: list[str]) -> None:
     """Continuation and ping floods are cut off with 1008 at once; a chat alongside stays fast and the CPU time low."""
-    running = await RunningService.start()
+    running = await RunningService.start(*mode)
     try:
         a, b = await pair(running.url)
         flood = EMPTY_CONTINUATION * 4000 + PING * 100
@@ -411,9 +411,9 @@ async def test_frame_flood_cut_off_while_a_chat_goes_on() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_ban_survives_restart(tmp_path: Path) -> None:
+async def test_ban_survives_restart(tmp_path: Path, mode: list[str]) -> None:
     """An address reported by three others is banned, and still banned after a restart."""
-    args = ["--trust-proxy-headers", "--state-dir", str(tmp_path)]
+    args = ["--trust-proxy-headers", "--state-dir", str(tmp_path), *mode]
     running = await RunningService.start(*args)
     target_address = {"X-Forwarded-For": "203.0.113.66"}
     try:
