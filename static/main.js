@@ -224,6 +224,7 @@ function startCall({ initiator, ice_servers: iceServers, ice_transport_policy: p
     },
   });
   call = thisCall;
+  ui.videoState.textContent = VIDEO_STATE_TEXT.connecting;
 }
 
 /** The camera could not be used: say why and fall back to text. */
@@ -466,13 +467,13 @@ const events = {
     inviteCode = null;
     chatMode = mode === "video" ? "video" : "text";
     setState("chatting");
-    if (chatMode === "video") startCall(event);
     log.status(
       friend
         ? "You're now chatting with your friend. Say hi!"
         : "You're now chatting with a random stranger. Say hi!",
     );
     if (Array.isArray(shared) && shared.length) log.status(`You both like ${shared.join(", ")}.`);
+    if (chatMode === "video") startCall(event);
     title.partnerFound();
     ui.message.focus();
   },

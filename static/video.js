@@ -76,7 +76,8 @@ export class LocalMedia {
  * One RTCPeerConnection to the stranger of one chat.
  *
  * `send(data)` sends a signal to the stranger; `onState(state)` hears
- * "connecting", "connected", "failed" (and nothing after `close()`).
+ * "connecting", "connected", "failed" (never from the constructor: a call
+ * starts "connecting"; and nothing after `close()`).
  * Exactly one side is the initiator (`paired.initiator`) and makes the offer.
  */
 export class VideoCall {
@@ -123,7 +124,6 @@ export class VideoCall {
         this.report("connecting");
       }
     });
-    this.report("connecting");
     if (initiator) this.enqueue(() => this.offer());
   }
 
