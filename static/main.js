@@ -7,12 +7,24 @@ import { InterestsField, isBlank } from "./interests.js";
 import { ChatLog } from "./log.js";
 import { TitleNotifier } from "./title.js";
 import { TypingSender } from "./typing.js";
+import { LocalMedia, VideoCall, cameraProblem } from "./video.js";
 
 export const MAX_TEXT_CHARS = 2000;
 const SHOW_COUNT_FROM = 1800; // the character counter appears near the limit
 const NOTICE_MS = 6000;
 const RECENT_MS = 10000; // how long a sent message may still be refused
 const BURST_GAP_MS = 1500; // messages closer together than this form a burst
+// A signal sent this recently may be refused as not_chatting because the chat
+// ended on the way: that is no news to the user.
+const SIGNAL_RACE_MS = 5000;
+const VIDEO_KEY = "chatroulette.video"; // "on" when video is chosen
+const VIDEO_WARNED_KEY = "chatroulette.videoWarned"; // "yes" once the notice was acknowledged
+
+const VIDEO_STATE_TEXT = {
+  connecting: "Connecting video...",
+  connected: "Video connected",
+  failed: "Could not connect video. You can still chat by text.",
+};
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -43,6 +55,18 @@ const ui = {
   reportForm: $("report-form"),
   reportReason: $("report-reason"),
   reportCancel: $("report-cancel"),
+  start: $("start"),
+  videoChoice: $("video-choice"),
+  videoProblem: $("video-problem"),
+  videoWarning: $("video-warning"),
+  videoUnderstood: $("video-understood"),
+  preview: $("preview"),
+  stage: $("stage"),
+  remoteVideo: $("remote-video"),
+  selfVideo: $("self-video"),
+  videoState: $("video-state"),
+  mute: $("mute"),
+  cameraOff: $("camera-off"),
 };
 
 // What the user is doing (the connection's state is kept apart, below):
@@ -63,10 +87,17 @@ let inviteCode = null;
 let connectedOnce = false;
 let lost = false;
 let noticeTimer = null;
+let chatMode = "text"; // "video" while looking for, or in, a video chat
+let call = null; // the VideoCall of the current video chat
+let lastSignalAt = 0;
+let afterWarning = null; // what Start (or Invite) asked for before the video notice was acknowledged
+let micMuted = false;
+let cameraOff = false;
 
 const log = new ChatLog($("log"), $("jump"));
 const title = new TitleNotifier(document, $("favicon"));
 const interests = new InterestsField(ui.interestInput, $("tag-list"), notify);
+const media = new LocalMedia();
 const typing = new TypingSender((active) => connection.send({ type: "typing", active }));
 const connection = new Connection(socketUrl(), {
   onEvent: (event) => events[event.type]?.(event),
@@ -100,6 +131,47 @@ function setOnline(count) {
   else if (Number.isInteger(count)) ui.online.textContent = `${count.toLocaleString()} people online now.`;
 }
 
+function stored(key) {
+  try {
+    return localStorage.getItem(key);
+  } catch {
+    return null; // storage disabled: nothing is remembered
+  }
+}
+
+function store(key, value) {
+  try {
+    if (value === null) localStorage.removeItem(key);
+    else localStorage.setItem(key, value);
+  } catch {
+    // storage disabled: nothing is remembered
+  }
+}
+
+function videoWarned() {
+  return stored(VIDEO_WARNED_KEY) === "yes";
+}
+
+function showStream(video, stream) {
+  if (video.srcObject !== stream) video.srcObject = stream;
+}
+
+/** The video parts of the page: preview, notice, stage and the two toggles. */
+function renderVideo() {
+  const chosen = ui.videoChoice.checked;
+  ui.videoWarning.hidden = !chosen || videoWarned();
+  ui.preview.hidden = !chosen || !media.stream;
+  showStream(ui.preview, chosen ? media.stream : null);
+  const onStage = state !== "home" && chatMode === "video";
+  ui.stage.hidden = !onStage;
+  ui.chat.classList.toggle("video", onStage);
+  showStream(ui.selfVideo, onStage ? media.stream : null);
+  ui.selfVideo.hidden = !media.stream;
+  ui.mute.setAttribute("aria-pressed", String(micMuted));
+  ui.cameraOff.setAttribute("aria-pressed", String(cameraOff));
+  ui.mute.disabled = ui.cameraOff.disabled = !media.stream;
+}
+
 /** Bring every control in line with `state`. */
 function render() {
   const chatting = state === "chatting";
@@ -113,11 +185,81 @@ function render() {
   ui.report.disabled = !reportable;
   if (!chatting) showTyping(false);
   updateCount();
+  renderVideo();
 }
 
 function setState(next) {
   state = next;
-  if (next !== "chatting") armed = false;
+  if (next !== "chatting") {
+    armed = false;
+    closeCall();
+  }
+  render();
+}
+
+// Video -------------------------------------------------------------------------
+
+/** Close the stranger's connection at once and clear their picture. */
+function closeCall() {
+  if (!call) return;
+  call.close();
+  call = null;
+  ui.videoState.textContent = "Video ended.";
+}
+
+function startCall({ initiator, ice_servers: iceServers, ice_transport_policy: policy }) {
+  closeCall();
+  const thisCall = new VideoCall({
+    stream: media.stream, // none (joined a friend's video chat without a camera): receive only
+    initiator: initiator === true,
+    iceServers,
+    iceTransportPolicy: policy,
+    remoteVideo: ui.remoteVideo,
+    send: (data) => {
+      if (call !== thisCall || !connection.send({ type: "signal", data })) return;
+      lastSignalAt = Date.now();
+    },
+    onState: (videoState) => {
+      if (call === thisCall) ui.videoState.textContent = VIDEO_STATE_TEXT[videoState];
+    },
+  });
+  call = thisCall;
+  ui.videoState.textContent = VIDEO_STATE_TEXT.connecting;
+}
+
+/** The camera could not be used: say why and fall back to text. */
+function cameraFailed(error) {
+  if (!ui.videoChoice.checked) return; // switched off meanwhile: nothing to explain
+  ui.videoProblem.textContent = cameraProblem(error);
+  videoOff();
+}
+
+function applyToggles() {
+  media.setEnabled("audio", !micMuted);
+  media.setEnabled("video", !cameraOff);
+}
+
+/** Video chosen: ask for camera and microphone and show the preview. */
+function videoOn() {
+  ui.videoChoice.checked = true;
+  ui.videoProblem.textContent = "";
+  store(VIDEO_KEY, "on");
+  render();
+  media.start().then(
+    () => {
+      applyToggles();
+      render();
+    },
+    cameraFailed,
+  );
+}
+
+/** Text only: every local track is stopped, so the camera light goes off. */
+function videoOff() {
+  ui.videoChoice.checked = false;
+  afterWarning = null;
+  store(VIDEO_KEY, null);
+  media.stop();
   render();
 }
 
@@ -146,23 +288,53 @@ function beginChatScreen() {
 
 // User actions ----------------------------------------------------------------
 
+/**
+ * Whether a search or invite in the chosen mode may begin now. With video
+ * chosen, it waits for the notice to be acknowledged and for the camera
+ * (`then` runs once the browser answered; a refusal falls back to text).
+ */
+function readyToStart(then) {
+  if (!ui.videoChoice.checked) return true;
+  if (!videoWarned()) {
+    afterWarning = then;
+    if (state !== "home") setState("home");
+    ui.videoWarning.hidden = false;
+    ui.videoUnderstood.focus();
+    return false;
+  }
+  if (media.stream) return true;
+  media.start().then(then, (error) => {
+    cameraFailed(error);
+    then();
+  });
+  return false;
+}
+
 function startSearch() {
+  if (!readyToStart(startSearch)) return;
   const chosen = interests.values();
   beginChatScreen();
+  chatMode = ui.videoChoice.checked ? "video" : "text";
   setState("waiting");
   const frame = { type: "find" };
   if (chosen.length) frame.interests = chosen;
+  if (chatMode === "video") frame.mode = "video";
   request(frame, "Looking for someone you can chat with...");
 }
 
 function createInvite() {
+  if (!readyToStart(createInvite)) return;
   beginChatScreen();
+  chatMode = ui.videoChoice.checked ? "video" : "text";
   setState("inviting");
-  request({ type: "invite" }, "Creating an invite link...");
+  const frame = { type: "invite" };
+  if (chatMode === "video") frame.mode = "video";
+  request(frame, "Creating an invite link...");
 }
 
 function joinInvite(code) {
   beginChatScreen();
+  chatMode = "text"; // the inviter's mode: paired says which
   setState("joining");
   request({ type: "find", invite: code }, "Joining your friend's chat...");
 }
@@ -286,12 +458,14 @@ const events = {
     // Already showing "Looking for someone..." since the request went out.
   },
 
-  paired({ chat, interests: shared }) {
+  paired(event) {
+    const { chat, interests: shared, mode } = event;
     if (!["waiting", "inviting", "joining"].includes(state)) return; // We already left.
     const friend = state !== "waiting";
     chatId = chat;
     reportable = true;
     inviteCode = null;
+    chatMode = mode === "video" ? "video" : "text";
     setState("chatting");
     log.status(
       friend
@@ -299,6 +473,7 @@ const events = {
         : "You're now chatting with a random stranger. Say hi!",
     );
     if (Array.isArray(shared) && shared.length) log.status(`You both like ${shared.join(", ")}.`);
+    if (chatMode === "video") startCall(event);
     title.partnerFound();
     ui.message.focus();
   },
@@ -308,6 +483,10 @@ const events = {
     showTyping(false);
     log.message(text, false);
     title.message();
+  },
+
+  signal({ data }) {
+    if (state === "chatting" && call) call.receive(data);
   },
 
   typing({ active }) {
@@ -339,6 +518,9 @@ const events = {
   },
 
   error({ code, message }) {
+    if (code === "not_chatting" && state !== "chatting" && Date.now() - lastSignalAt < SIGNAL_RACE_MS) {
+      return; // our last ICE candidates crossed the end of the chat
+    }
     const text = ERROR_TEXT[code] || (typeof message === "string" && message) || "Something went wrong.";
     notify(text);
     if (lastRequest === "message" && refusedMessage(code)) return;
@@ -403,6 +585,43 @@ ui.changeInterests.addEventListener("click", () => {
   ui.interestInput.focus();
 });
 ui.leave.addEventListener("click", leaveAction);
+
+ui.videoChoice.addEventListener("change", () => {
+  if (ui.videoChoice.checked) videoOn();
+  else {
+    ui.videoProblem.textContent = "";
+    videoOff();
+  }
+});
+ui.videoUnderstood.addEventListener("click", () => {
+  store(VIDEO_WARNED_KEY, "yes");
+  render();
+  if (afterWarning) {
+    const then = afterWarning;
+    afterWarning = null;
+    then();
+  } else {
+    ui.start.focus();
+  }
+});
+ui.mute.addEventListener("click", () => {
+  micMuted = !micMuted;
+  applyToggles();
+  render();
+});
+ui.cameraOff.addEventListener("click", () => {
+  cameraOff = !cameraOff;
+  applyToggles();
+  render();
+});
+// Leaving the page lets go of the camera and microphone and ends the video call.
+window.addEventListener("pagehide", () => {
+  closeCall();
+  media.stop();
+});
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted && ui.videoChoice.checked) videoOn(); // back from the back-forward cache
+});
 ui.reconnectNow.addEventListener("click", () => connection.connect());
 window.addEventListener("online", () => connection.connect());
 
@@ -518,6 +737,7 @@ function joinFromAddress() {
 }
 window.addEventListener("hashchange", joinFromAddress);
 
+if (stored(VIDEO_KEY) === "on") videoOn();
 render();
 connection.connect();
 joinFromAddress();

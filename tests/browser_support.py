@@ -110,9 +110,15 @@ class ServerProcess:
         return self._output.read().decode(errors="replace")
 
 
-def launch_chromium(playwright: Playwright) -> Browser:
-    """Debian's Chromium, headless."""
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+# A fake camera and microphone (a test pattern and a beep) ...
+FAKE_MEDIA_DEVICES = ["--use-fake-device-for-media-stream"]
+# ... and every camera and microphone request allowed without asking.
+FAKE_MEDIA_ARGS = ["--use-fake-ui-for-media-stream", *FAKE_MEDIA_DEVICES]
+
+
+def launch_chromium(playwright: Playwright, extra_args: Sequence[str] = ()) -> Browser:
+    """Debian's Chromium, headless; C{extra_args} such as L{FAKE_MEDIA_ARGS}."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
 
 
 class PageProblems:
