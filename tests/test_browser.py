@@ -387,12 +387,24 @@ def test_reconnects_after_server_restart(open_person: OpenPerson) -> None:
         restarting.stop()
 
 
-def test_rate_limit_is_shown_inline(open_person: OpenPerson, server: ServerProcess) -> None:
+@pytest.fixture(scope="module")
+def slow_server() -> Iterator[ServerProcess]:
+    """
+    A server whose message bucket refills once every 10 s: the burst of 10 is
+    then all a quick typist gets, however slowly a busy machine types.
+    """
+    running = ServerProcess(extra_args=["--message-rate", "0.1"])
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_rate_limit_is_shown_inline(open_person: OpenPerson, slow_server: ServerProcess) -> None:
     """Messages refused for going too fast are reported inline in plain words; the chat goes on."""
     alice = open_person(visit=False)
     alice.page.clock.install()
-    alice.visit(server.url)
-    bob = open_person()
+    alice.visit(slow_server.url)
+    bob = open_person(slow_server.url)
     pair(alice, bob)
     for n in range(1, 16):
         alice.say(f"quick {n}")
