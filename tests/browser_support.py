@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Sequence
 
-from playwright.sync_api import Browser, ConsoleMessage, Dialog, Error, Page, Playwright
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Error, Page, Playwright, expect
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -116,8 +116,16 @@ FAKE_MEDIA_DEVICES = ["--use-fake-device-for-media-stream"]
 FAKE_MEDIA_ARGS = ["--use-fake-ui-for-media-stream", *FAKE_MEDIA_DEVICES]
 
 
+# How long an expectation may take to come true.  Playwright's default (5 s)
+# is generous on an idle machine; a CI machine running the server, Chromium
+# and the suite on two busy cores needs more.  Nothing waits this long when
+# the page behaves: expectations return as soon as they hold.
+EXPECT_TIMEOUT_MS = 15_000
+
+
 def launch_chromium(playwright: Playwright, extra_args: Sequence[str] = ()) -> Browser:
     """Debian's Chromium, headless; C{extra_args} such as L{FAKE_MEDIA_ARGS}."""
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     return playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
 
 
