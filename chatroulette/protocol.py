@@ -17,7 +17,7 @@ C{--max-buffer-bytes}.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence, cast
+from typing import Any, Iterator, Sequence, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -49,6 +49,7 @@ from .messages import (
 )
 from .moderation import Moderation
 from .outbound import FrameWriter, SlowReader
+from .presence import OnlineAnnouncer
 from .ratelimit import ConnectionLimits
 from .settings import Settings, websocket_options
 
@@ -127,6 +128,7 @@ class ChatServerProtocol(FastTextFrames):
         factory.live.add(self)
         factory.lobby.connect(self)
         factory.connected(self)
+        factory.presence.connected(factory.lobby.online)
         self._log.info("client {client} connected", client=self.client_id, event="connect")
         self.send_text(messages.welcome(factory.lobby.online))
 
@@ -313,6 +315,9 @@ class ChatServerProtocol(FastTextFrames):
 
     # Peer interface ---------------------------------------------------------
 
+    def send_online(self, count: int) -> None:
+        self.send_text(messages.online(count))
+
     def send_waiting(self) -> None:
         self.send_text(messages.waiting())
 
@@ -372,6 +377,9 @@ class ChatServerFactory(WebSocketServerFactory):
         if self.hooks.fast:
             share_options(self)
         self.writer = FrameWriter(clock, self.hooks.fast)
+        self.presence = OnlineAnnouncer(
+            clock, lambda: lobby.online, self._not_chatting, settings.online_interval
+        )
         lobby.on_pair = self._log_pair
 
     # What the HTTP side reads (web.py).
@@ -431,12 +439,19 @@ class ChatServerFactory(WebSocketServerFactory):
                 lobby.leave(protocol)
                 protocol.send_error(BANNED, BANNED_TEXT)
 
+    def _not_chatting(self) -> Iterator[ChatServerProtocol]:
+        """The connections on the start screen or in the queue (they see the online count)."""
+        state_of = self.lobby.state_of
+        return (p for p in self.protocols if state_of(p) is not State.CHATTING)
+
     def connected(self, protocol: ChatServerProtocol) -> None:
         self.protocols.add(protocol)
         self.connections_total += 1
 
     def disconnected(self, protocol: ChatServerProtocol) -> None:
         self.protocols.discard(protocol)
+        if not self.protocols:
+            self.presence.stop()  # no timer while nobody is connected
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "Server going away.") -> Deferred[Any]:
         """
@@ -444,6 +459,7 @@ class ChatServerFactory(WebSocketServerFactory):
         C{code}; the result fires when all of them are closed.
         """
         self.accepting = False
+        self.presence.stop()
         closing: list[Deferred[Any]] = []
         for protocol in list(self.live):
             closing.append(protocol.is_closed)

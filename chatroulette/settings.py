@@ -41,6 +41,8 @@ class Settings:
     trust_proxy_headers: bool = False
     # The one header a trusted proxy puts the client address in (its last entry).
     proxy_header: str = "X-Forwarded-For"
+    # Seconds between online-count updates to idle and waiting clients (0: none).
+    online_interval: float = 5.0
     # Use the private-attribute speed hooks (see chatroulette.internals).
     fast_path: bool = True
 

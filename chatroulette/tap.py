@@ -319,6 +319,14 @@ class Options(usage.Options):
             _seconds("ping-interval"),
         ],
         [
+            "online-interval",
+            None,
+            _DEFAULTS.online_interval,
+            "Seconds between updates of the online count sent to clients on the start "
+            "screen or in the queue, when it has changed (jittered by a fifth; 0: never).",
+            _seconds("online-interval"),
+        ],
+        [
             "ping-timeout",
             None,
             _DEFAULTS.ping_timeout,
@@ -509,6 +517,7 @@ class Options(usage.Options):
             close_handshake_timeout=self["close-timeout"],
             ping_interval=self["ping-interval"],
             ping_timeout=self["ping-timeout"],
+            online_interval=self["online-interval"],
             log_addresses=self["log-addresses"],
             message_rate=self["message-rate"],
             message_burst=self["message-burst"],
