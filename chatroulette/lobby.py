@@ -4,7 +4,8 @@ The matchmaking core, without I/O: the waiting pool, the pairs and every pairing
 Nothing here imports Twisted or Autobahn.  Time comes from an injected
 L{Clock} (C{twisted.internet.task.Clock} in tests, the reactor in production),
 randomness from an injected C{random.Random}, invite codes from an injected
-token factory.  Connected clients are L{Peer}s: whatever can be told about
+token factory.  Every waiter asks for a chat mode (text or video), and is
+paired only within it.  Connected clients are L{Peer}s: whatever can be told about
 pairing events.  L{Lobby} is the single-process implementation of
 L{ILobby}; a shared (Redis-backed) lobby can replace it behind that interface.
 """
@@ -17,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, Protocol, Sequence, TypeVar
 
-from .messages import INVITE_INVALID, NOT_CHATTING, ProtocolError
+from .messages import BAD_REQUEST, INVITE_INVALID, MODES, NOT_CHATTING, TEXT, VIDEO, Mode, ProtocolError
 
 INVITE_LIFETIME = 600.0
 DEFAULT_INTEREST_TIMEOUT = 10.0
@@ -60,7 +61,15 @@ class Peer(Hashable, Protocol):
 
     def send_waiting(self) -> None: ...
 
-    def send_paired(self, chat: str, interests: Sequence[str]) -> None: ...
+    def send_paired(self, chat: str, interests: Sequence[str], mode: Mode, initiator: bool) -> None:
+        """
+        A chat started.  C{initiator} is true on exactly one side of each
+        chat (the one picked from the queue, or the inviter), which makes the
+        WebRTC offer in a video chat.
+        """
+
+    def send_signal(self, data: bytes) -> None:
+        """The partner's signalling data, compact JSON (see L{Lobby.signal})."""
 
     def send_message(self, text: str) -> None: ...
 
@@ -98,7 +107,9 @@ class ILobby(Protocol):
 
     def disconnect(self, peer: Peer) -> None: ...
 
-    def find(self, peer: Peer, interests: Sequence[str] = (), invite: str | None = None) -> None: ...
+    def find(
+        self, peer: Peer, interests: Sequence[str] = (), invite: str | None = None, mode: Mode = TEXT
+    ) -> None: ...
 
     def leave(self, peer: Peer) -> None: ...
 
@@ -108,9 +119,11 @@ class ILobby(Protocol):
 
     def typing(self, peer: Peer, active: bool) -> None: ...
 
+    def signal(self, peer: Peer, data: bytes) -> None: ...
+
     def report(self, peer: Peer, reason: str = "") -> Peer | None: ...
 
-    def create_invite(self, peer: Peer) -> str: ...
+    def create_invite(self, peer: Peer, mode: Mode = TEXT) -> str: ...
 
 
 @dataclass
@@ -118,7 +131,9 @@ class LobbyStats:
     """Monotonic counters, read by the metrics endpoint."""
 
     pairings: int = 0
+    video_pairings: int = 0  # of the pairings, video chats
     messages: int = 0
+    signals: int = 0
     reports: int = 0
 
 
@@ -171,10 +186,22 @@ class _Pool(Generic[T]):
             self._index[last] = i
 
 
+class _Pools:
+    """The waiters of one mode: those who accept anyone, and one pool per interest."""
+
+    __slots__ = ("open", "by_interest")
+
+    def __init__(self) -> None:
+        self.open: _Pool[_Client] = _Pool()
+        self.by_interest: dict[str, _Pool[_Client]] = {}
+
+
 @dataclass(eq=False, slots=True)
 class _Client:
     peer: Peer
     state: State = State.IDLE
+    # The mode waited for (WAITING, INVITING) or chatted in (CHATTING).
+    mode: Mode = TEXT
     interests: tuple[str, ...] = ()
     partner: _Client | None = None
     chat: str | None = None
@@ -263,8 +290,8 @@ class Lobby:
         self._make_token = make_token
         self.on_pair = on_pair
         self._clients: dict[Peer, _Client] = {}
-        self._open: _Pool[_Client] = _Pool()
-        self._by_interest: dict[str, _Pool[_Client]] = {}
+        # Waiters are paired only within their mode.
+        self._pools: dict[Mode, _Pools] = {mode: _Pools() for mode in MODES}
         self._invites: dict[str, tuple[_Client, DelayedCall]] = {}
         self._waiting = 0  # WAITING or INVITING
         self._chatting = 0
@@ -304,20 +331,28 @@ class Lobby:
         client.forget()
         client.last_partner = client.reported = None
 
-    def find(self, peer: Peer, interests: Sequence[str] = (), invite: str | None = None) -> None:
+    def find(
+        self, peer: Peer, interests: Sequence[str] = (), invite: str | None = None, mode: Mode = TEXT
+    ) -> None:
+        """
+        Wait for a random partner of the same C{mode}; or, with C{invite},
+        join that invite in the inviter's mode (C{mode} is then ignored).
+        """
         client = self._clients[peer]
         if invite is not None:
             self._join_invite(client, invite)
             return
         self._become_idle(client)
         client.interests = tuple(interests)
+        client.mode = mode
         self._set_state(client, _WAITING)
+        pools = self._pools[mode]
         if client.interests:
             for interest in client.interests:
-                self._by_interest.setdefault(interest, _Pool()).add(client)
+                pools.by_interest.setdefault(interest, _Pool()).add(client)
             client.timer = self._clock.callLater(self._interest_timeout, self._open_up, client)
         else:
-            self._open.add(client)
+            pools.open.add(client)
             client.open = True
         if not self._match(client):
             peer.send_waiting()
@@ -337,6 +372,24 @@ class Lobby:
         partner = self._clients[peer].partner
         if partner is not None:
             partner.peer.send_typing(active)
+
+    def signal(self, peer: Peer, data: bytes) -> None:
+        """
+        Relay WebRTC signalling to the partner in a video chat.  C{data} is
+        opaque: compact JSON of an object, validated and size-checked by the
+        wire format, never looked into here.
+
+        @raise ProtocolError: C{not_chatting} without a partner,
+            C{bad_request} in a text chat.
+        """
+        client = self._clients[peer]
+        partner = client.partner
+        if partner is None:
+            raise ProtocolError(NOT_CHATTING, "You are not chatting with anyone.")
+        if client.mode != VIDEO:
+            raise ProtocolError(BAD_REQUEST, "Signals are for video chats only.")
+        self.stats.signals += 1
+        partner.peer.send_signal(data)
 
     def report(self, peer: Peer, reason: str = "") -> Peer | None:
         """
@@ -361,9 +414,11 @@ class Lobby:
         self.stats.reports += 1
         return reported.peer
 
-    def create_invite(self, peer: Peer) -> str:
+    def create_invite(self, peer: Peer, mode: Mode = TEXT) -> str:
+        """Wait for a friend to join with the code returned; the chat will be in C{mode}."""
         client = self._clients[peer]
         self._become_idle(client)
+        client.mode = mode
         code = self._make_token()
         expiry = self._clock.callLater(INVITE_LIFETIME, self._expire_invite, code)
         self._invites[code] = (client, expiry)
@@ -396,15 +451,17 @@ class Lobby:
         self._set_state(client, _IDLE)
 
     def _unqueue(self, client: _Client) -> None:
+        pools = self._pools[client.mode]
         if client.open:
-            self._open.discard(client)
+            pools.open.discard(client)
             client.open = False
+        by_interest = pools.by_interest
         for interest in client.interests:
-            pool = self._by_interest.get(interest)
+            pool = by_interest.get(interest)
             if pool is not None:
                 pool.discard(client)
                 if not pool:
-                    del self._by_interest[interest]
+                    del by_interest[interest]
         _cancel(client.timer)
         client.timer = None
         _cancel(client.retry)
@@ -438,7 +495,7 @@ class Lobby:
         """The interest timeout passed: this waiter now accepts anyone."""
         client.timer = None
         if client.state is _WAITING:
-            self._open.add(client)
+            self._pools[client.mode].open.add(client)
             client.open = True
             self._match(client)
 
@@ -456,7 +513,8 @@ class Lobby:
         inviter = entry[0]
         self._become_idle(client)
         self._become_idle(inviter)
-        self._pair(inviter, client, ())
+        # The inviter was waiting: it initiates (see _pair).
+        self._pair(inviter, client, (), inviter.mode, inviter)
 
     def _pick(
         self, client: _Client, pools: Sequence[_Pool[_Client]], now: float
@@ -516,11 +574,13 @@ class Lobby:
         now = self._clock.seconds()
         partner: _Client | None = None
         blocked = _FOREVER
+        mode_pools = self._pools[client.mode]
         if client.interests:
-            pools = [self._by_interest[i] for i in client.interests if i in self._by_interest]
+            by_interest = mode_pools.by_interest
+            pools = [by_interest[i] for i in client.interests if i in by_interest]
             partner, blocked = self._pick(client, pools, now)
         if partner is None and client.open:
-            partner, blocked_open = self._pick(client, [self._open], now)
+            partner, blocked_open = self._pick(client, [mode_pools.open], now)
             blocked = min(blocked, blocked_open)
         if partner is None:
             if blocked < _FOREVER:
@@ -528,18 +588,31 @@ class Lobby:
                 client.retry = self._clock.callLater(blocked - now, self._retry, client)
             return False
         shared = sorted(set(client.interests) & set(partner.interests)) if client.interests else ()
+        mode = client.mode
         self._become_idle(client)
         self._become_idle(partner)
-        self._pair(client, partner, shared)
+        # The partner was picked from the queue: it initiates (see _pair).
+        self._pair(client, partner, shared, mode, partner)
         return True
 
-    def _pair(self, one: _Client, other: _Client, shared: Sequence[str]) -> None:
+    def _pair(
+        self, one: _Client, other: _Client, shared: Sequence[str], mode: Mode, initiator: _Client
+    ) -> None:
+        """
+        Start a chat in C{mode}.  C{initiator} (one of the two) makes the
+        WebRTC offer in a video chat: the one picked from the queue, or the
+        inviter.  A fixed rule rather than a coin: both sides know their
+        role from C{paired} alone, and the one who waited (camera ready, a
+        preview running) starts.
+        """
         chat = f"{self._rng.getrandbits(64):016x}"
         for a, b in ((one, other), (other, one)):
-            a.partner, a.chat = b, chat
+            a.partner, a.chat, a.mode = b, chat, mode
             self._set_state(a, _CHATTING)
         self.stats.pairings += 1
+        if mode == VIDEO:
+            self.stats.video_pairings += 1
         if self.on_pair is not None:
             self.on_pair(chat, one.peer, other.peer, shared)
-        one.peer.send_paired(chat, shared)
-        other.peer.send_paired(chat, shared)
+        one.peer.send_paired(chat, shared, mode, initiator is one)
+        other.peer.send_paired(chat, shared, mode, initiator is other)

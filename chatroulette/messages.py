@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Final, Sequence, Union
+from typing import Any, Final, Literal, Mapping, Sequence, Union
 
 import orjson
 
@@ -20,6 +20,14 @@ MAX_REASON_CHARS: Final = 200
 MAX_INTERESTS: Final = 10
 MAX_INTEREST_CHARS: Final = 32
 MAX_INVITE_CHARS: Final = 64
+# A signal's data, as compact UTF-8 JSON (what orjson writes).
+MAX_SIGNAL_BYTES: Final = 16384
+
+# Chat modes: what `find` and `invite` ask for, what `paired` says.
+Mode = Literal["text", "video"]
+TEXT: Final = "text"
+VIDEO: Final = "video"
+MODES: Final[tuple[Mode, ...]] = (TEXT, VIDEO)
 
 BAD_REQUEST: Final = "bad_request"
 TEXT_TOO_LONG: Final = "text_too_long"
@@ -43,10 +51,15 @@ class ProtocolError(Exception):
     nothing changed.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, kind: str | None = None) -> None:
+        """
+        @param kind: the C{type} of the refused frame when the parser knew it
+            before refusing (counted per type for some types: see C{signal}).
+        """
         super().__init__(code, message)
         self.code = code
         self.message = message
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class Find:
 
     interests: tuple[str, ...] = ()
     invite: str | None = None
+    mode: Mode = TEXT
 
 
 @dataclass(frozen=True)
@@ -87,8 +101,22 @@ class Report:
 class Invite:
     """Create a private invite code and wait for it."""
 
+    mode: Mode = TEXT
 
-ClientFrame = Union[Find, Message, Typing, Leave, Report, Invite]
+
+@dataclass(frozen=True)
+class Signal:
+    """
+    WebRTC signalling for the partner in a video chat, opaque to the server.
+
+    C{data} is the client's object as compact UTF-8 JSON (at most
+    L{MAX_SIGNAL_BYTES}): relayed as it is, never looked into.
+    """
+
+    data: bytes
+
+
+ClientFrame = Union[Find, Message, Typing, Leave, Report, Invite, Signal]
 
 
 def is_blank(text: str) -> bool:
@@ -151,11 +179,39 @@ def _text(frame: dict[str, Any]) -> str:
     return text
 
 
+def _mode(frame: dict[str, Any]) -> Mode:
+    """The C{mode} field: absent or null for text, else "text" or "video"."""
+    mode = frame.get("mode")
+    if mode is None or mode == TEXT:
+        return TEXT
+    if mode == VIDEO:
+        return VIDEO
+    raise ProtocolError(BAD_REQUEST, "'mode' must be \"text\" or \"video\".")
+
+
 def _find(frame: dict[str, Any]) -> Find:
     invite = frame.get("invite")
     if invite is not None and (not isinstance(invite, str) or len(invite) > MAX_INVITE_CHARS):
         raise ProtocolError(BAD_REQUEST, "'invite' must be an invite code string.")
-    return Find(normalise_interests(frame.get("interests")), invite)
+    return Find(normalise_interests(frame.get("interests")), invite, _mode(frame))
+
+
+def _signal(frame: dict[str, Any]) -> Signal:
+    # Only the type and the size are checked: the data (SDP, ICE candidates)
+    # holds addresses, and the server never looks into it.
+    data = frame.get("data")
+    if not isinstance(data, dict):
+        raise ProtocolError(BAD_REQUEST, "'data' must be an object.", "signal")
+    try:
+        encoded = orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        # Parsed, but deeper than orjson writes (254 levels).
+        raise ProtocolError(BAD_REQUEST, "'data' is nested too deeply.", "signal") from None
+    if len(encoded) > MAX_SIGNAL_BYTES:
+        raise ProtocolError(
+            BAD_REQUEST, f"'data' is limited to {MAX_SIGNAL_BYTES} bytes of JSON.", "signal"
+        )
+    return Signal(encoded)
 
 
 def _typing(frame: dict[str, Any]) -> Typing:
@@ -199,6 +255,8 @@ def parse_client_frame(payload: bytes | str) -> ClientFrame:
         return Message(_text(frame))
     if kind == "typing":
         return _typing(frame)
+    if kind == "signal":
+        return _signal(frame)
     if kind == "find":
         return _find(frame)
     if kind == "leave":
@@ -206,7 +264,7 @@ def parse_client_frame(payload: bytes | str) -> ClientFrame:
     if kind == "report":
         return _report(frame)
     if kind == "invite":
-        return Invite()
+        return Invite(_mode(frame))
     raise ProtocolError(BAD_REQUEST, "Unknown or missing 'type'.")
 
 
@@ -223,8 +281,24 @@ def waiting() -> bytes:
     return encode({"type": "waiting"})
 
 
-def paired(chat: str, interests: Sequence[str]) -> bytes:
-    return encode({"type": "paired", "chat": chat, "interests": sorted(interests)})
+def paired(
+    chat: str,
+    interests: Sequence[str],
+    mode: Mode = TEXT,
+    initiator: bool = False,
+    ice: Mapping[str, Any] | None = None,
+) -> bytes:
+    """
+    The C{paired} event.  A video chat's adds C{initiator} and the fields of
+    C{ice} (C{ice_servers} and C{ice_transport_policy}, see
+    L{chatroulette.ice.IceConfig.client_config}); a text chat's has neither.
+    """
+    event: dict[str, Any] = {"type": "paired", "chat": chat, "interests": sorted(interests), "mode": mode}
+    if mode == VIDEO:
+        event["initiator"] = initiator
+        if ice is not None:
+            event.update(ice)
+    return encode(event)
 
 
 def message(text: str) -> bytes:
@@ -233,6 +307,11 @@ def message(text: str) -> bytes:
 
 def typing(active: bool) -> bytes:
     return b'{"type":"typing","active":true}' if active else b'{"type":"typing","active":false}'
+
+
+def signal(data: bytes) -> bytes:
+    """The partner's signal: C{data} is already compact JSON (see L{Signal})."""
+    return b'{"type":"signal","data":' + data + b"}"
 
 
 def partner_left(chat: str) -> bytes:

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from . import messages
 from .admission import Admission
 from .fastpath import FastTextFrames
+from .ice import IceConfig
 from .identity import ClientIds
 from .internals import Hooks, cancel_close_timer, drop_handshake_state, send_close_frame, share_options, use_clock
 from .limits import Slot
@@ -42,8 +43,11 @@ from .messages import (
     Invite,
     Leave,
     Message,
+    VIDEO,
+    Mode,
     ProtocolError,
     Report,
+    Signal,
     Typing,
     parse_client_frame,
 )
@@ -184,34 +188,39 @@ class ChatServerProtocol(FastTextFrames):
                 return False
             # Malformed frames cost parsing and a reply: they share the
             # request bucket, so a garbage flood is limited like any other.
-            if self._allow(None):
-                self.send_error(e.code, e.message)
+            if self._allow(None, e.kind):
+                self.send_error(e.code, e.message, e.kind)
             return True
         if self._allow(frame):
             try:
                 self._dispatch(frame)
             except ProtocolError as e:
-                self.send_error(e.code, e.message)
+                self.send_error(e.code, e.message, "signal" if frame.__class__ is Signal else None)
         return True
 
-    def _allow(self, frame: messages.ClientFrame | None) -> bool:
+    def _allow(self, frame: messages.ClientFrame | None, kind: str | None = None) -> bool:
         """
         Take a token, or refuse: C{rate_limited}, or close 1008 for a client
         that keeps flooding.  Logs once per connection, never per frame.
+        C{kind}: the type of a malformed C{frame} (None) if known.
         """
         limits = self._limits
         assert limits is not None
         if limits.allow(frame, self.factory.clock.seconds()):
             return True
+        if kind is None and frame.__class__ is Signal:
+            kind = "signal"
         if limits.flooding(frame):
             self.factory.errors["flood"] += 1
+            if kind == "signal":
+                self.factory.signals_refused["flood"] += 1
             self._log.info("client {client} closed for flooding", client=self.client_id, event="limit")
             self.close_with(CLOSE_POLICY_VIOLATION, "Too many requests.")
         else:
             if not limits.warned:
                 limits.warned = True
                 self._log.info("client {client} hit a rate limit", client=self.client_id, event="limit")
-            self.send_error(RATE_LIMITED, "Too many requests: slow down a little.")
+            self.send_error(RATE_LIMITED, "Too many requests: slow down a little.", kind)
         return False
 
     def _dispatch(self, frame: messages.ClientFrame) -> None:
@@ -220,9 +229,12 @@ class ChatServerProtocol(FastTextFrames):
             lobby.message(self, frame.text)
         elif isinstance(frame, Typing):
             lobby.typing(self, frame.active)
+        elif isinstance(frame, Signal):
+            # Opaque (SDP holds addresses): relayed, never logged.
+            lobby.signal(self, frame.data)
         elif isinstance(frame, Find):
             self._check_ban()
-            lobby.find(self, frame.interests, frame.invite)
+            lobby.find(self, frame.interests, frame.invite, frame.mode)
         elif isinstance(frame, Leave):
             lobby.leave(self)
             # Once per chat, like "pair": debug level (see _log_pair).
@@ -241,7 +253,7 @@ class ChatServerProtocol(FastTextFrames):
             self.factory.count_report(self, reported)
         elif isinstance(frame, Invite):
             self._check_ban()
-            self.send_text(messages.invite(lobby.create_invite(self)))
+            self.send_text(messages.invite(lobby.create_invite(self, frame.mode)))
 
     def _check_ban(self) -> None:
         key = self.address_key
@@ -309,8 +321,11 @@ class ChatServerProtocol(FastTextFrames):
         self.cut_off("slow_reader", "Too slow: not reading.")
         return False
 
-    def send_error(self, code: str, message: str) -> None:
+    def send_error(self, code: str, message: str, kind: str | None = None) -> None:
+        """Refuse a request; C{kind}: the refused frame's type, if it matters (signals are counted)."""
         self.factory.errors[code] += 1
+        if kind == "signal":
+            self.factory.signals_refused[code] += 1
         self.send_text(messages.error(code, message))
 
     # Peer interface ---------------------------------------------------------
@@ -321,8 +336,14 @@ class ChatServerProtocol(FastTextFrames):
     def send_waiting(self) -> None:
         self.send_text(messages.waiting())
 
-    def send_paired(self, chat: str, interests: Sequence[str]) -> None:
-        self.send_text(messages.paired(chat, interests))
+    def send_paired(self, chat: str, interests: Sequence[str], mode: Mode, initiator: bool) -> None:
+        factory = self.factory
+        # Fresh TURN credentials for each video chat, for each side.
+        ice = factory.ice.client_config(factory.clock.seconds()) if mode == VIDEO else None
+        self.send_text(messages.paired(chat, interests, mode, initiator, ice))
+
+    def send_signal(self, data: bytes) -> None:
+        self.send_text(messages.signal(data))
 
     def send_message(self, text: str) -> None:
         self.send_text(messages.message(text))
@@ -357,11 +378,13 @@ class ChatServerFactory(WebSocketServerFactory):
         url: str | None = None,
         moderation: Moderation | None = None,
         hooks: Hooks | None = None,
+        ice: IceConfig = IceConfig(),
     ) -> None:
         super().__init__(url, server="chatroulette")
         self.lobby = lobby
         self.clock = clock
         self.settings = settings
+        self.ice = ice
         self.hooks = hooks if hooks is not None else Hooks.detect(settings.fast_path)
         self.moderation = moderation if moderation is not None else Moderation()
         self.ids = ClientIds(settings.log_addresses)
@@ -371,6 +394,8 @@ class ChatServerFactory(WebSocketServerFactory):
         self.live: set[ChatServerProtocol] = set()
         self.connections_total = 0
         self.errors: Counter[str] = Counter()
+        # Signals refused, by error code (and "flood"); also in errors.
+        self.signals_refused: Counter[str] = Counter()
         self.setProtocolOptions(**websocket_options(settings))
         if self.hooks.clock:
             use_clock(self, clock)

@@ -14,21 +14,22 @@ from .limits import TokenBucket
 from .settings import Settings
 
 
-_MESSAGE, _TYPING = messages.Message, messages.Typing
+_MESSAGE, _TYPING, _SIGNAL = messages.Message, messages.Typing, messages.Signal
 
 
 class ConnectionLimits:
     """
-    The buckets of one connection: chat messages, typing signals, and
-    requests (find, invite, report, leave, and malformed frames, which cost
+    The buckets of one connection: chat messages, typing signals, video
+    signalling, and requests (find, invite, report, leave, and malformed frames, which cost
     parsing and a reply).  A rate of 0 is no limit.
     """
 
-    __slots__ = ("messages", "typing", "requests", "frames", "warned")
+    __slots__ = ("messages", "typing", "signals", "requests", "frames", "warned")
 
     def __init__(self, settings: Settings, now: float) -> None:
         self.messages = _bucket(settings.message_rate, settings.message_burst, now)
         self.typing = _bucket(settings.typing_rate, settings.typing_burst, now)
+        self.signals = _bucket(settings.signal_rate, settings.signal_burst, now)
         self.requests = _bucket(settings.request_rate, settings.request_burst, now)
         # The frame budget: every frame, of any kind, whole or a fragment.
         self.frames = _bucket(settings.frame_rate, settings.frame_burst, now)
@@ -42,6 +43,8 @@ class ConnectionLimits:
             return self.messages
         if kind is _TYPING:
             return self.typing
+        if kind is _SIGNAL:
+            return self.signals
         return self.requests
 
     def allow(self, frame: messages.ClientFrame | None, now: float) -> bool:

@@ -23,6 +23,10 @@ class Settings:
     typing_burst: int = 20
     request_rate: float = 2.0
     request_burst: int = 10
+    # WebRTC signalling in video chats: a burst of 100 lets a browser send
+    # every ICE candidate it gathers at once (60 is common).
+    signal_rate: float = 20.0
+    signal_burst: int = 100
     # Every frame of any kind (data, continuation, ping, pong, close) takes a
     # token from one more bucket, before its payload is handled; over it, the
     # connection is cut off (see docs/design.md for the defaults).

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python import usage
 
 from .limits import Origin
+from .ice import DEFAULT_TURN_TTL, IceConfig, check_url
 from .listening import ListeningService
 from .logbudget import CLIENT_TEXT_LIMIT, DEFAULT_BYTES_PER_SECOND, DEFAULT_LINES_PER_SECOND
 from .logsetup import DEFAULT_LEVEL, LEVELS, LogSetup, level_named
@@ -146,7 +147,8 @@ _log_level.coerceDoc = f"One of {', '.join(LEVELS)}."  # type: ignore[attr-defin
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
-        "Anonymous one-to-one random text chat. Serves the browser client at /, "
+        "Anonymous one-to-one random text and video chat (video over WebRTC: media goes "
+        "browser to browser or through your TURN server, never through this one). Serves the browser client at /, "
         "the WebSocket at /ws, health at /healthz and Prometheus metrics at /metrics."
     )
 
@@ -224,6 +226,37 @@ class Options(usage.Options):
             "Requests (find, invite, report, leave, malformed frames) a connection may send "
             "at once before --request-rate applies.",
             _count("request-burst", 1),
+        ],
+        [
+            "signal-rate",
+            None,
+            _DEFAULTS.signal_rate,
+            "WebRTC signals (offers, answers, ICE candidates) per second per connection "
+            "in a video chat (0: no limit).",
+            _rate("signal-rate"),
+        ],
+        [
+            "signal-burst",
+            None,
+            _DEFAULTS.signal_burst,
+            "Signals a connection may send at once before --signal-rate applies (room for "
+            "every ICE candidate a browser gathers).",
+            _count("signal-burst", 1),
+        ],
+        [
+            "turn-secret",
+            None,
+            None,
+            "Shared secret for time-limited TURN credentials (the TURN REST API; coturn's "
+            "use-auth-secret with static-auth-secret set to the same value). Needed by "
+            "turn: and turns: --ice-server URLs.",
+        ],
+        [
+            "turn-ttl",
+            None,
+            DEFAULT_TURN_TTL,
+            "Seconds the TURN credentials handed out at the start of a video chat stay valid.",
+            _seconds("turn-ttl"),
         ],
         [
             "frame-rate",
@@ -425,6 +458,13 @@ class Options(usage.Options):
             "problem; the fast path also turns itself off if a start-up check fails).",
         ],
         [
+            "ice-relay-only",
+            None,
+            "Tell video clients to use only the TURN relay (iceTransportPolicy \"relay\"), so "
+            "no stranger learns another's IP address; every video chat's media then goes "
+            "through the TURN server. Needs a turn: or turns: --ice-server.",
+        ],
+        [
             "trust-proxy-headers",
             None,
             "Take the client address from the last entry of the --proxy-header header "
@@ -437,6 +477,15 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["allowed-origin"] = []
+        self["ice-server"] = []
+
+    def opt_ice_server(self, url: str) -> None:
+        """A STUN or TURN server for video chats' WebRTC connections (repeatable), a stun:, turn: or turns: URL, e.g. stun:stun.example.com:3478 or turn:turn.example.com:3478?transport=udp. TURN needs --turn-secret. Default: none (enough on a LAN or localhost)."""
+        try:
+            check_url(url)
+        except ValueError as e:
+            raise usage.UsageError(f"--ice-server: {e}")
+        self["ice-server"].append(url)
 
     def opt_allowed_origin(self, origin: str) -> None:
         """Also accept WebSocket connections from pages of this origin (repeatable), e.g. https://chat.example.com (default port optional). Pages from the host the client connects to, and clients sending no Origin (not browsers), are always accepted."""
@@ -482,6 +531,11 @@ class Options(usage.Options):
         if self["proxy-header"] != _DEFAULTS.proxy_header and not self["trust-proxy-headers"]:
             raise usage.UsageError("--proxy-header has no effect without --trust-proxy-headers")
         self._check_max_connections()
+        if self["turn-ttl"] != DEFAULT_TURN_TTL and self["turn-secret"] is None:
+            raise usage.UsageError("--turn-ttl has no effect without --turn-secret")
+        problem = self.ice().problem()
+        if problem is not None:
+            raise usage.UsageError(problem)
         state = Path(self["state-dir"])
         if state.exists() and not state.is_dir():
             raise usage.UsageError(f"--state-dir {self['state-dir']!r} is not a directory")
@@ -509,6 +563,16 @@ class Options(usage.Options):
                 "Raise the limit (ulimit -n, systemd's LimitNOFILE=) or lower --max-connections."
             )
 
+    def ice(self) -> IceConfig:
+        """The ICE servers video clients are told about."""
+        secret = self["turn-secret"]
+        return IceConfig(
+            urls=tuple(self["ice-server"]),
+            turn_secret=secret.encode("utf-8") if secret is not None else None,
+            turn_ttl=self["turn-ttl"],
+            relay_only=bool(self["ice-relay-only"]),
+        )
+
     def settings(self) -> Settings:
         """The connection-level settings these options describe."""
         return Settings(
@@ -525,6 +589,8 @@ class Options(usage.Options):
             typing_burst=self["typing-burst"],
             request_rate=self["request-rate"],
             request_burst=self["request-burst"],
+            signal_rate=self["signal-rate"],
+            signal_burst=self["signal-burst"],
             frame_rate=self["frame-rate"],
             frame_burst=self["frame-burst"],
             max_buffer_bytes=self["max-buffer-bytes"],
@@ -567,7 +633,9 @@ def makeService(options: Options) -> service.MultiService:
         options["ban-seconds"],
         store,
     )
-    factory = ChatServerFactory(lobby, clock, options.settings(), moderation=moderation)
+    factory = ChatServerFactory(
+        lobby, clock, options.settings(), moderation=moderation, ice=options.ice()
+    )
     site = build_site(factory, options["static"], idle_timeout=options["http-idle-timeout"])
     for description in options["listen"]:
         ListeningService(description, site, reactor, WEBSOCKET_PATH).setServiceParent(top)

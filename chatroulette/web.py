@@ -26,7 +26,7 @@ from twisted.web.static import File
 
 from .limits import Slot
 from .logbudget import client_text
-from .messages import ERROR_CODES
+from .messages import BAD_REQUEST, ERROR_CODES, NOT_CHATTING, RATE_LIMITED
 from .internals import hide_address_in_logs
 from .protocol import ChatServerFactory
 from .refusal import Refusals
@@ -182,6 +182,10 @@ class Health(Resource):
         return json.dumps(body).encode()
 
 
+# Why a signal can be refused: always listed, at 0 until it happens.
+SIGNAL_REFUSALS = (BAD_REQUEST, NOT_CHATTING, RATE_LIMITED, "flood")
+
+
 class ChatCollector(Collector):
     """Reads the factory's and lobby's counters at scrape time (nothing on the hot path)."""
 
@@ -219,6 +223,24 @@ class ChatCollector(Collector):
         yield CounterMetricFamily(
             "chatroulette_pairings", "Chats started since start.", value=stats.pairings
         )
+        yield CounterMetricFamily(
+            "chatroulette_video_chats",
+            "Video chats started since start (of chatroulette_pairings).",
+            value=stats.video_pairings,
+        )
+        yield CounterMetricFamily(
+            "chatroulette_signals_relayed",
+            "WebRTC signals relayed to a partner in a video chat.",
+            value=stats.signals,
+        )
+        signals_refused = CounterMetricFamily(
+            "chatroulette_signals_refused",
+            "WebRTC signals refused, by error code (flood: closed for flooding).",
+            labels=["code"],
+        )
+        for code in sorted(set(SIGNAL_REFUSALS) | set(factory.signals_refused)):
+            signals_refused.add_metric([code], factory.signals_refused[code])
+        yield signals_refused
         yield CounterMetricFamily(
             "chatroulette_messages_relayed",
             "Chat messages relayed to a partner.",

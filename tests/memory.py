@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
+from chatroulette.ice import IceConfig
 from chatroulette.lobby import Clock as LobbyClock
 from chatroulette.lobby import Lobby
 from chatroulette.internals import use_clock
@@ -80,6 +81,7 @@ class MemoryServer:
         repeat_cooldown: float = 30.0,
         seed: int = 0,
         fast_path: bool | None = None,
+        ice: IceConfig = IceConfig(),
     ) -> None:
         if fast_path is not None:
             settings = replace(settings, fast_path=fast_path)
@@ -90,7 +92,7 @@ class MemoryServer:
             interest_timeout=interest_timeout,
             repeat_cooldown=repeat_cooldown,
         )
-        self.factory = ChatServerFactory(self.lobby, self.clock, settings)
+        self.factory = ChatServerFactory(self.lobby, self.clock, settings, ice=ice)
         self.site = build_site(self.factory, STATIC)
         self.pumps: list[IOPump] = []
         self._port = 40000
@@ -153,11 +155,12 @@ class MemoryServer:
         self.clock.advance(seconds)
         self.flush()
 
-    def pair(self) -> tuple[MemoryClient, MemoryClient]:
-        """Two fresh clients chatting with each other."""
+    def pair(self, mode: str = "text") -> tuple[MemoryClient, MemoryClient]:
+        """Two fresh clients chatting with each other (in C{mode}); C{a} waited first."""
         a, b = self.connect(), self.connect()
-        a.send_json(type="find")
-        b.send_json(type="find")
+        a.send_json(type="find", mode=mode)
+        self.flush()
+        b.send_json(type="find", mode=mode)
         self.flush()
         assert a.last("paired")["chat"] == b.last("paired")["chat"]
         a.take()

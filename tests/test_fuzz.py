@@ -28,13 +28,14 @@ KNOWN_EVENTS = {
     "message",
     "typing",
     "partner_left",
+    "signal",
     "invite",
     "invite_expired",
     "online",
     "error",
 }
 KNOWN_CLOSES = {1000, 1002, 1003, 1007, 1008, 1009}
-TYPES = ["find", "message", "typing", "leave", "report", "invite", "shout", "", None]
+TYPES = ["find", "message", "typing", "leave", "report", "invite", "signal", "shout", "", None]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
@@ -49,6 +50,8 @@ requests = st.fixed_dictionaries(
         "interests": st.one_of(st.lists(st.text(max_size=40), max_size=12), json_values),
         "invite": st.one_of(st.text(max_size=70), json_values),
         "reason": st.one_of(st.text(max_size=210), json_values),
+        "mode": st.one_of(st.sampled_from(["text", "video", "Video", ""]), json_values),
+        "data": json_values,
     },
 )
 payloads = st.one_of(
@@ -69,7 +72,7 @@ class ParserFuzzTests(SynchronousTestCase):
             self.assertIn(e.code, KNOWN_ERRORS)
             self.assertIsInstance(e.message, str)
         else:
-            self.assertIn(type(frame).__name__, {"Find", "Message", "Typing", "Leave", "Report", "Invite"})
+            self.assertIn(type(frame).__name__, {"Find", "Message", "Typing", "Leave", "Report", "Invite", "Signal"})
 
 
 def no_errors_logged(test: SynchronousTestCase) -> list[dict[str, Any]]:

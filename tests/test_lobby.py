@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.lobby import INVITE_LIFETIME, Clock as LobbyClock
 from chatroulette.lobby import Lobby, State
-from chatroulette.messages import ProtocolError
+from chatroulette.messages import MODES, Mode, ProtocolError
 
 
 class RecordingPeer:
@@ -25,6 +25,8 @@ class RecordingPeer:
     def __init__(self, name: str) -> None:
         self.name = name
         self.events: list[tuple[Any, ...]] = []
+        # (chat, mode, initiator) of every paired event, in order.
+        self.roles: list[tuple[str, str, bool]] = []
 
     def __repr__(self) -> str:
         return f"<peer {self.name}>"
@@ -32,8 +34,12 @@ class RecordingPeer:
     def send_waiting(self) -> None:
         self.events.append(("waiting",))
 
-    def send_paired(self, chat: str, interests: Sequence[str]) -> None:
+    def send_paired(self, chat: str, interests: Sequence[str], mode: Mode, initiator: bool) -> None:
         self.events.append(("paired", chat, list(interests)))
+        self.roles.append((chat, mode, initiator))
+
+    def send_signal(self, data: bytes) -> None:
+        self.events.append(("signal", data))
 
     def send_message(self, text: str) -> None:
         self.events.append(("message", text))
@@ -523,6 +529,168 @@ class InviteTests(LobbyTestCase):
             self.assertRegex(code, r"^[A-Za-z0-9_-]+$")
 
 
+class ModeTests(LobbyTestCase):
+    def test_modes_never_meet(self) -> None:
+        """A text waiter and a video waiter are never paired; each is paired with its own mode."""
+        t1, v1, t2, v2 = self.peer("t1"), self.peer("v1"), self.peer("t2"), self.peer("v2")
+        self.lobby.find(t1)
+        self.lobby.find(v1, mode="video")
+        self.clock.advance(100)
+        self.assertEqual((t1.take(), v1.take()), ([("waiting",)], [("waiting",)]))
+        self.lobby.find(v2, mode="video")
+        self.assertIs(self.lobby.partner_of(v1), v2)
+        self.lobby.find(t2, mode="text")
+        self.assertIs(self.lobby.partner_of(t1), t2)
+        self.assertEqual([r[1] for r in t1.roles + t2.roles], ["text", "text"])
+        self.assertEqual([r[1] for r in v1.roles + v2.roles], ["video", "video"])
+
+    def test_interests_within_a_mode(self) -> None:
+        """A shared interest does not cross modes, before or after the interest timeout."""
+        t, v = self.peer("t"), self.peer("v")
+        self.lobby.find(t, ["chess"])
+        self.lobby.find(v, ["chess"], mode="video")
+        self.clock.advance(100)
+        self.assertIsNone(self.lobby.partner_of(t))
+        self.assertEqual(self.lobby.waiting, 2)
+
+    def test_interest_timeout_within_a_mode(self) -> None:
+        """Two video waiters with different interests meet after the timeout; a text waiter is never picked."""
+        t, v1, v2 = self.peer("t"), self.peer("v1"), self.peer("v2")
+        self.lobby.find(t)
+        self.lobby.find(v1, ["chess"], mode="video")
+        self.lobby.find(v2, ["go"], mode="video")
+        self.assertIsNone(self.lobby.partner_of(v1))
+        self.clock.advance(10)
+        self.assertIs(self.lobby.partner_of(v1), v2)
+        self.assertEqual(t.take(), [("waiting",)])
+
+    def test_requeue_in_another_mode(self) -> None:
+        """A waiter who finds again in the other mode leaves the first mode's queue."""
+        a, t, v = self.peer("a"), self.peer("t"), self.peer("v")
+        self.lobby.find(a, mode="video")
+        self.lobby.find(a, mode="text")
+        self.lobby.find(v, mode="video")
+        self.assertIsNone(self.lobby.partner_of(v))
+        self.lobby.find(t)
+        self.assertIs(self.lobby.partner_of(a), t)
+
+    def test_cooldown_holds_across_modes(self) -> None:
+        """Two who just chatted in text are not paired in video within the cooldown, and are after it."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.find(a, mode="video")
+        self.lobby.find(b, mode="video")
+        self.assertIsNone(self.lobby.partner_of(a))
+        self.clock.advance(30)
+        self.assertIs(self.lobby.partner_of(a), b)
+        self.assertEqual(a.roles[-1][1], "video")
+
+    def test_report_holds_across_modes(self) -> None:
+        """Two kept apart by a report in a text chat are never paired in video either."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.report(a)
+        self.lobby.find(a, mode="video")
+        self.lobby.find(b, mode="video")
+        self.clock.advance(10_000)
+        self.assertIsNone(self.lobby.partner_of(a))
+
+    def test_one_initiator_the_waiter(self) -> None:
+        """Exactly one side initiates: the one who was waiting, in text and video chats alike."""
+        for mode in MODES:
+            a, b = self.peer("a" + mode), self.peer("b" + mode)
+            self.lobby.find(a, mode=mode)
+            self.lobby.find(b, mode=mode)
+            chat = self.chat_of(a)
+            self.assertEqual(a.roles, [(chat, mode, True)])
+            self.assertEqual(b.roles, [(chat, mode, False)])
+
+    def test_timer_match_has_one_initiator(self) -> None:
+        """A match made when an interest timeout fires also has exactly one initiator."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a, ["x"], mode="video")
+        self.lobby.find(b, ["y"], mode="video")
+        self.clock.advance(10)
+        self.assertEqual(sorted([a.roles[-1][2], b.roles[-1][2]]), [False, True])
+
+    def test_invite_pairs_in_the_inviters_mode(self) -> None:
+        """An invite pairs in the inviter's mode whatever the joiner asks for; the inviter initiates."""
+        a, b = self.peer("a"), self.peer("b")
+        code = self.lobby.create_invite(a, mode="video")
+        self.lobby.find(b, invite=code, mode="text")
+        chat = self.chat_of(a)
+        self.assertEqual((a.roles, b.roles), ([(chat, "video", True)], [(chat, "video", False)]))
+        c, d = self.peer("c"), self.peer("d")
+        self.lobby.find(d, invite=self.lobby.create_invite(c), mode="video")
+        self.assertEqual(d.roles[-1][1], "text")
+
+    def test_video_chats_counted(self) -> None:
+        """Pairings count every chat; video pairings count the video ones."""
+        a, b, c, d = self.peer("a"), self.peer("b"), self.peer("c"), self.peer("d")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.find(c, mode="video")
+        self.lobby.find(d, mode="video")
+        self.assertEqual((self.lobby.stats.pairings, self.lobby.stats.video_pairings), (2, 1))
+
+
+class SignalTests(LobbyTestCase):
+    def video_pair(self) -> tuple[RecordingPeer, RecordingPeer]:
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a, mode="video")
+        self.lobby.find(b, mode="video")
+        a.take(), b.take()
+        return a, b
+
+    def test_relayed_to_the_partner(self) -> None:
+        """A signal in a video chat reaches the partner unchanged, and nobody else, and is counted."""
+        a, b = self.video_pair()
+        c = self.peer("c")
+        self.lobby.signal(a, b'{"sdp":"v=0"}')
+        self.lobby.signal(b, b'{"candidate":""}')
+        self.assertEqual(b.take(), [("signal", b'{"sdp":"v=0"}')])
+        self.assertEqual(a.take(), [("signal", b'{"candidate":""}')])
+        self.assertEqual(c.take(), [])
+        self.assertEqual(self.lobby.stats.signals, 2)
+
+    def assertRefused(self, peer: RecordingPeer, code: str) -> None:
+        with self.assertRaises(ProtocolError) as e:
+            self.lobby.signal(peer, b"{}")
+        self.assertEqual(e.exception.code, code)
+
+    def test_refused_outside_a_chat(self) -> None:
+        """Idle, waiting, inviting or after the chat ended: not_chatting, and nothing relayed."""
+        a, b = self.video_pair()
+        idle = self.peer("idle")
+        waiting = self.peer("waiting")
+        self.lobby.find(waiting, mode="video")
+        inviting = self.peer("inviting")
+        self.lobby.create_invite(inviting, mode="video")
+        self.lobby.leave(b)
+        for peer in (idle, waiting, inviting, a, b):
+            self.assertRefused(peer, "not_chatting")
+        self.assertEqual([e[0] for e in a.take() + b.take()], ["partner_left"])
+        self.assertEqual(self.lobby.stats.signals, 0)
+
+    def test_refused_in_a_text_chat(self) -> None:
+        """In a text chat a signal is a bad request and the partner hears nothing."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        b.take()
+        self.assertRefused(a, "bad_request")
+        self.assertEqual(b.take(), [])
+
+    def test_invited_video_chat_signals(self) -> None:
+        """A joiner who asked for text but joined a video invite may signal."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(b, invite=self.lobby.create_invite(a, mode="video"))
+        self.lobby.signal(b, b"{}")
+        self.assertEqual(a.events[-1], ("signal", b"{}"))
+
+
 class LargePoolTests(SynchronousTestCase):
     def test_everyone_paired(self) -> None:
         """A thousand strangers arriving one by one all end up in pairs."""
@@ -536,6 +704,9 @@ class LargePoolTests(SynchronousTestCase):
             partner = lobby.partner_of(p)
             self.assertIsNotNone(partner)
             self.assertIs(lobby.partner_of(cast(RecordingPeer, partner)), p)
+
+
+modes = st.sampled_from(["text", "video"])
 
 
 class LobbyMachine(RuleBasedStateMachine):
@@ -559,11 +730,15 @@ class LobbyMachine(RuleBasedStateMachine):
     def _pick(self, i: int) -> RecordingPeer | None:
         return self.connected[i % len(self.connected)] if self.connected else None
 
-    @rule(i=st.integers(0, 10), interests=st.lists(st.sampled_from(["a", "b", "c"]), max_size=2))
-    def find(self, i: int, interests: list[str]) -> None:
+    @rule(
+        i=st.integers(0, 10),
+        interests=st.lists(st.sampled_from(["a", "b", "c"]), max_size=2),
+        mode=modes,
+    )
+    def find(self, i: int, interests: list[str], mode: Mode) -> None:
         peer = self._pick(i)
         if peer:
-            self.lobby.find(peer, sorted(set(interests)))
+            self.lobby.find(peer, sorted(set(interests)), mode=mode)
 
     @rule(i=st.integers(0, 10))
     def leave(self, i: int) -> None:
@@ -582,6 +757,22 @@ class LobbyMachine(RuleBasedStateMachine):
                 assert self.lobby.partner_of(peer) is None
 
     @rule(i=st.integers(0, 10))
+    def signal(self, i: int) -> None:
+        peer = self._pick(i)
+        if peer:
+            partner = self.lobby.partner_of(peer)
+            try:
+                self.lobby.signal(peer, b"{}")
+            except ProtocolError as e:
+                if partner is None:
+                    assert e.code == "not_chatting"
+                else:
+                    assert e.code == "bad_request" and peer.roles[-1][1] == "text"
+            else:
+                assert partner is not None and peer.roles[-1][1] == "video"
+                assert cast(RecordingPeer, partner).events[-1] == ("signal", b"{}")
+
+    @rule(i=st.integers(0, 10))
     def report(self, i: int) -> None:
         peer = self._pick(i)
         if peer:
@@ -590,18 +781,18 @@ class LobbyMachine(RuleBasedStateMachine):
             except ProtocolError:
                 pass
 
-    @rule(i=st.integers(0, 10))
-    def invite(self, i: int) -> None:
+    @rule(i=st.integers(0, 10), mode=modes)
+    def invite(self, i: int, mode: Mode) -> None:
         peer = self._pick(i)
         if peer:
-            self.codes.append(self.lobby.create_invite(peer))
+            self.codes.append(self.lobby.create_invite(peer, mode))
 
-    @rule(i=st.integers(0, 10), j=st.integers(0, 10))
-    def join(self, i: int, j: int) -> None:
+    @rule(i=st.integers(0, 10), j=st.integers(0, 10), mode=modes)
+    def join(self, i: int, j: int, mode: Mode) -> None:
         peer = self._pick(i)
         if peer and self.codes:
             try:
-                self.lobby.find(peer, invite=self.codes[j % len(self.codes)])
+                self.lobby.find(peer, invite=self.codes[j % len(self.codes)], mode=mode)
             except ProtocolError as e:
                 assert e.code == "invite_invalid"
 
@@ -650,6 +841,19 @@ class LobbyMachine(RuleBasedStateMachine):
                 assert told and told[-1] == "paired"
 
     @invariant()
+    def pairs_share_a_mode(self) -> None:
+        """Both sides of a chat were told the same chat and mode, and exactly one of them initiates."""
+        for peer in self.connected:
+            if self.lobby.state_of(peer) is State.CHATTING:
+                partner = cast(RecordingPeer, self.lobby.partner_of(peer))
+                (chat, mode, initiator), (other_chat, other_mode, other_initiator) = (
+                    peer.roles[-1],
+                    partner.roles[-1],
+                )
+                assert (chat, mode) == (other_chat, other_mode)
+                assert initiator != other_initiator
+
+    @invariant()
     def keep_apart_symmetric(self) -> None:
         """Keep-apart maps agree on both sides and name only connected clients."""
         clients = self.lobby._clients
@@ -669,7 +873,9 @@ class LobbyMachine(RuleBasedStateMachine):
         ]
         for x in waiters:
             for y in waiters:
-                could_meet = (x.open and y.open) or bool(set(x.interests) & set(y.interests))
+                could_meet = x.mode == y.mode and (
+                    (x.open and y.open) or bool(set(x.interests) & set(y.interests))
+                )
                 assert not (could_meet and x.compatible(y, now)), (x.peer, y.peer)
 
     @invariant()
@@ -682,9 +888,8 @@ class LobbyMachine(RuleBasedStateMachine):
         ]
         for x in open_waiters:
             for y in open_waiters:
-                assert not self.lobby._clients[x].compatible(
-                    self.lobby._clients[y], self.clock.seconds()
-                )
+                one, other = self.lobby._clients[x], self.lobby._clients[y]
+                assert one.mode != other.mode or not one.compatible(other, self.clock.seconds())
 
 
 class LobbyPropertyTests(SynchronousTestCase):

@@ -18,6 +18,7 @@ from chatroulette.messages import (
     Message,
     ProtocolError,
     Report,
+    Signal,
     Typing,
     parse_client_frame,
 )
@@ -40,6 +41,48 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(parse_client_frame('{"type":"report","reason":"spam"}'), Report("spam"))
         self.assertEqual(parse_client_frame('{"type":"invite"}'), Invite())
         self.assertEqual(parse_client_frame('{"type":"find","invite":"abc"}'), Find((), "abc"))
+
+    def test_mode(self) -> None:
+        """find and invite take an optional mode: text (also when absent or null) or video."""
+        self.assertEqual(parse_client_frame('{"type":"find","mode":"video"}'), Find(mode="video"))
+        self.assertEqual(parse_client_frame('{"type":"find","mode":"text"}'), Find())
+        self.assertEqual(parse_client_frame('{"type":"find","mode":null}'), Find())
+        self.assertEqual(parse_client_frame('{"type":"invite","mode":"video"}'), Invite("video"))
+        self.assertEqual(
+            parse_client_frame('{"type":"find","invite":"abc","mode":"video"}'), Find((), "abc", "video")
+        )
+        for mode in ['"Video"', '"audio"', '""', "1", "true", "[]", '{"video":1}']:
+            self.assertRefused(f'{{"type":"find","mode":{mode}}}')
+            self.assertRefused(f'{{"type":"invite","mode":{mode}}}')
+
+    def test_signal(self) -> None:
+        """A signal's data object is kept as compact JSON, whatever its spacing."""
+        frame = parse_client_frame('{"type":"signal","data": {"sdp" : "v=0\\r\\n", "n": [1, 2.5, null]}}')
+        self.assertEqual(frame, Signal(b'{"sdp":"v=0\\r\\n","n":[1,2.5,null]}'))
+        self.assertEqual(parse_client_frame('{"type":"signal","data":{}}'), Signal(b"{}"))
+
+    def test_signal_data_must_be_an_object(self) -> None:
+        """Data that is missing or not an object is a bad request, marked as a signal's."""
+        for data in ["", ',"data":null', ',"data":"x"', ',"data":[]', ',"data":1']:
+            with self.assertRaises(ProtocolError) as e:
+                parse_client_frame(f'{{"type":"signal"{data}}}')
+            self.assertEqual((e.exception.code, e.exception.kind), ("bad_request", "signal"))
+
+    def test_signal_size_limit(self) -> None:
+        """Data of up to 16,384 bytes of compact UTF-8 JSON passes; one byte more is a bad request."""
+        padding = 16384 - len(b'{"x":""}')
+        self.assertIsInstance(parse_client_frame(json.dumps({"type": "signal", "data": {"x": "a" * padding}})), Signal)
+        self.assertRefused(json.dumps({"type": "signal", "data": {"x": "a" * (padding + 1)}}))
+        # Bytes, not characters: "é" is two bytes of UTF-8 however it was escaped.
+        self.assertIsInstance(parse_client_frame(json.dumps({"type": "signal", "data": {"x": "é" * (padding // 2)}})), Signal)
+        self.assertRefused(json.dumps({"type": "signal", "data": {"x": "é" * (padding // 2 + 1)}}))
+        # Spacing does not count: the limit is on the compact form.
+        spaced = json.dumps({"type": "signal", "data": {"x": "a" * padding}}, indent=100)
+        self.assertIsInstance(parse_client_frame(spaced), Signal)
+
+    def test_signal_nested_too_deeply(self) -> None:
+        """Data nested deeper than can be written back is a bad request, not a crash."""
+        self.assertRefused('{"type":"signal","data":{"x":' + "[" * 300 + "]" * 300 + "}}")
 
     def test_unknown_fields_ignored(self) -> None:
         """Extra fields are ignored, for forward compatibility."""
@@ -169,7 +212,20 @@ class EncodeTests(SynchronousTestCase):
         cases = {
             messages.welcome(3): {"type": "welcome", "online": 3},
             messages.waiting(): {"type": "waiting"},
-            messages.paired("c1", ["b", "a"]): {"type": "paired", "chat": "c1", "interests": ["a", "b"]},
+            messages.paired("c1", ["b", "a"]): {"type": "paired", "chat": "c1", "interests": ["a", "b"], "mode": "text"},
+            messages.paired("c1", [], "text", True, {"ice_servers": []}): {
+                "type": "paired", "chat": "c1", "interests": [], "mode": "text"
+            },
+            messages.paired("c1", [], "video", True, {"ice_servers": [], "ice_transport_policy": "all"}): {
+                "type": "paired",
+                "chat": "c1",
+                "interests": [],
+                "mode": "video",
+                "initiator": True,
+                "ice_servers": [],
+                "ice_transport_policy": "all",
+            },
+            messages.signal(b'{"sdp":"x"}'): {"type": "signal", "data": {"sdp": "x"}},
             messages.message("<b>é</b>"): {"type": "message", "text": "<b>é</b>"},
             messages.typing(True): {"type": "typing", "active": True},
             messages.typing(False): {"type": "typing", "active": False},

@@ -27,6 +27,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette import tap
+from chatroulette.ice import IceConfig
 from chatroulette.tap import Options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,12 +114,61 @@ class OptionsTests(SynchronousTestCase):
         """--frame-rate and --frame-burst reach the settings; the defaults leave room above every per-type burst."""
         settings = self.parse().settings()
         self.assertEqual((settings.frame_rate, settings.frame_burst), (100.0, 300))
-        self.assertGreater(settings.frame_burst, settings.message_burst + settings.typing_burst + settings.request_burst + 100)
+        per_type = (
+            (settings.message_rate, settings.message_burst),
+            (settings.typing_rate, settings.typing_burst),
+            (settings.request_rate, settings.request_burst),
+            (settings.signal_rate, settings.signal_burst),
+        )
+        self.assertGreater(settings.frame_burst, sum(burst for _, burst in per_type))
+        self.assertGreater(settings.frame_rate, sum(rate for rate, _ in per_type))
         settings = self.parse("--frame-rate", "0", "--frame-burst", "50").settings()
         self.assertEqual((settings.frame_rate, settings.frame_burst), (0.0, 50))
         for args in (["--frame-rate", "-1"], ["--frame-burst", "0"]):
             with self.assertRaises(usage.UsageError):
                 self.parse(*args)
+
+    def test_signal_options(self) -> None:
+        """--signal-rate and --signal-burst reach the settings (defaults 20/s and 100)."""
+        settings = self.parse().settings()
+        self.assertEqual((settings.signal_rate, settings.signal_burst), (20.0, 100))
+        settings = self.parse("--signal-rate", "5", "--signal-burst", "40").settings()
+        self.assertEqual((settings.signal_rate, settings.signal_burst), (5.0, 40))
+        for args in (["--signal-rate", "fast"], ["--signal-burst", "0"]):
+            with self.assertRaises(usage.UsageError):
+                self.parse(*args)
+
+    def test_ice_options(self) -> None:
+        """--ice-server (repeatable), --turn-secret, --turn-ttl and --ice-relay-only make the ICE configuration."""
+        self.assertEqual(self.parse().ice(), IceConfig())
+        ice = self.parse(
+            "--ice-server", "stun:s.example:3478",
+            "--ice-server", "turn:t.example:3478?transport=udp",
+            "--turn-secret", "sécret",
+            "--turn-ttl", "600",
+            "--ice-relay-only",
+        ).ice()
+        self.assertEqual(
+            ice,
+            IceConfig(("stun:s.example:3478", "turn:t.example:3478?transport=udp"), "sécret".encode(), 600.0, True),
+        )
+
+    def test_ice_usage_errors(self) -> None:
+        """Bad ICE URLs and unusable combinations are usage errors naming the problem."""
+        for args, words in [
+            (["--ice-server", "http://t.example"], "stun:, turn: or turns:"),
+            (["--ice-server", "turn:"], "no host"),
+            (["--ice-server", "turn:t.example"], "--turn-secret"),
+            (["--ice-server", "stun:s.example", "--turn-secret", "x"], "turn:"),
+            (["--ice-server", "stun:s.example", "--ice-relay-only"], "--ice-relay-only"),
+            (["--ice-relay-only"], "--ice-relay-only"),
+            (["--turn-ttl", "60"], "--turn-secret"),
+            (["--ice-server", "turn:t", "--turn-secret", "x", "--turn-ttl", "0"], "--turn-ttl"),
+            (["--ice-server", "turn:t", "--turn-secret", ""], "empty"),
+        ]:
+            with self.assertRaises(usage.UsageError) as e:
+                self.parse(*args)
+            self.assertIn(words, str(e.exception))
 
     def test_repeatable_listen(self) -> None:
         """--listen can be given several times."""
