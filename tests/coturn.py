@@ -126,6 +126,11 @@ class Coturn:
         return ("127.0.0.1", self.port)
 
     @property
+    def url(self) -> str:
+        """The server as --ice-server takes it."""
+        return f"turn:127.0.0.1:{self.port}"
+
+    @property
     def log(self) -> str:
         path = self.directory / "turnserver.log"
         return path.read_text(errors="replace") if path.exists() else ""

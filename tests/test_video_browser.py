@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, expect, sync_playwright
 
 from .browser_support import FAKE_MEDIA_ARGS, FAKE_MEDIA_DEVICES, PageProblems, ServerProcess, launch_chromium
-from .turn_support import Coturn
+from .coturn import Coturn
 
 PAIRED = "You're now chatting with a random stranger. Say hi!"
 LOOKING = "Looking for someone you can chat with..."
@@ -411,7 +411,7 @@ def test_video_through_turn_relay_only(open_person: OpenPerson) -> None:
                 "() => __selectedPair(__peerConnections.at(-1))", polling=100
             ).json_value()
             assert pair == ["relay", "relay"]
-        log = coturn.log()
+        log = coturn.log
         allocations = re.findall(r"ALLOCATE processed, success", log)
         assert len(allocations) >= 2, log[-2000:]  # one relay address for each browser
     finally:
