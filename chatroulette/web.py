@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, cast
+from typing import Any, Iterable, Iterator, Mapping, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CollectorRegistry, generate_latest
@@ -233,14 +233,13 @@ class ChatCollector(Collector):
             "WebRTC signals relayed to a partner in a video chat.",
             value=stats.signals,
         )
-        signals_refused = CounterMetricFamily(
+        yield _by_label(
             "chatroulette_signals_refused",
             "WebRTC signals refused, by error code (flood: closed for flooding).",
-            labels=["code"],
+            "code",
+            SIGNAL_REFUSALS,
+            factory.signals_refused,
         )
-        for code in sorted(set(SIGNAL_REFUSALS) | set(factory.signals_refused)):
-            signals_refused.add_metric([code], factory.signals_refused[code])
-        yield signals_refused
         yield CounterMetricFamily(
             "chatroulette_messages_relayed",
             "Chat messages relayed to a partner.",
@@ -249,20 +248,30 @@ class ChatCollector(Collector):
         yield CounterMetricFamily(
             "chatroulette_reports", "Partners reported by users.", value=stats.reports
         )
-        errors = CounterMetricFamily(
-            "chatroulette_errors", "Requests refused or connections failed, by code.", labels=["code"]
+        yield _by_label(
+            "chatroulette_errors",
+            "Requests refused or connections failed, by code.",
+            "code",
+            ERROR_CODES,
+            factory.errors,
         )
-        for code in sorted(set(ERROR_CODES) | set(factory.errors)):
-            errors.add_metric([code], factory.errors[code])
-        yield errors
-        refused = CounterMetricFamily(
+        yield _by_label(
             "chatroulette_refused",
             "Connections refused or cut off before the WebSocket opened, by reason.",
-            labels=["reason"],
+            "reason",
+            REFUSAL_REASONS,
+            factory.refused,
         )
-        for reason in sorted(set(REFUSAL_REASONS) | set(factory.refused)):
-            refused.add_metric([reason], factory.refused[reason])
-        yield refused
+
+
+def _by_label(
+    name: str, documentation: str, label: str, known: Iterable[str], counts: Mapping[str, int]
+) -> CounterMetricFamily:
+    """A counter per value of C{label}: every C{known} one (0 until counted), and any other counted."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value in sorted(set(known) | set(counts)):
+        family.add_metric([value], counts.get(value, 0))
+    return family
 
 
 class Metrics(Resource):

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Sequence
 
-from playwright.sync_api import Browser, ConsoleMessage, Dialog, Error, Page, Playwright, expect
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Error, Locator, Page, Playwright, expect
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -150,3 +150,45 @@ class PageProblems:
     def _dialog(self, dialog: Dialog) -> None:
         self.dialogs.append(dialog.message)
         dialog.dismiss()
+
+
+class Person:
+    """Someone using the client in one browser page."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.problems = PageProblems(page)
+
+    @property
+    def log(self) -> Locator:
+        return self.page.get_by_role("log")
+
+    @property
+    def message_box(self) -> Locator:
+        return self.page.get_by_role("textbox", name="Message")
+
+    def button(self, label: str) -> Locator:
+        return self.page.get_by_role("button", name=label, exact=True)
+
+    def visit(self, url: str) -> dict[str, str]:
+        """Open C{url}; the response headers of the page."""
+        response = self.page.goto(url)
+        assert response is not None
+        return response.all_headers()
+
+    def enter_interests(self, *interests: str) -> None:
+        """Type each interest into the Interests field and press Enter."""
+        field = self.page.get_by_role("textbox", name="Interests")
+        for interest in interests:
+            field.fill(interest)
+            field.press("Enter")
+
+    def start(self, *interests: str) -> None:
+        """Type interests (if any) and press Start."""
+        self.enter_interests(*interests)
+        self.button("Start").click()
+
+    def say(self, text: str) -> None:
+        """Type a message and press Enter."""
+        self.message_box.fill(text)
+        self.message_box.press("Enter")

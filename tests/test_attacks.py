@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from collections import Counter
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path

@@ -11,52 +11,14 @@ import uuid
 from typing import Any, Callable, Iterator
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
 
 from chatroulette import messages
 
-from .browser_support import PageProblems, ServerProcess, launch_chromium
+from .browser_support import Person, ServerProcess, launch_chromium
 
 PAIRED = "You're now chatting with a random stranger. Say hi!"
 LOOKING = "Looking for someone you can chat with..."
-
-
-class Person:
-    """Someone using the client in one browser page."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.problems = PageProblems(page)
-
-    @property
-    def log(self) -> Locator:
-        return self.page.get_by_role("log")
-
-    @property
-    def message_box(self) -> Locator:
-        return self.page.get_by_role("textbox", name="Message")
-
-    def button(self, label: str) -> Locator:
-        return self.page.get_by_role("button", name=label, exact=True)
-
-    def visit(self, url: str) -> dict[str, str]:
-        """Open C{url}; the response headers of the page."""
-        response = self.page.goto(url)
-        assert response is not None
-        return response.all_headers()
-
-    def start(self, *interests: str) -> None:
-        """Type interests (if any) and press Start."""
-        field = self.page.get_by_role("textbox", name="Interests")
-        for interest in interests:
-            field.fill(interest)
-            field.press("Enter")
-        self.button("Start").click()
-
-    def say(self, text: str) -> None:
-        """Type a message and press Enter."""
-        self.message_box.fill(text)
-        self.message_box.press("Enter")
 
 
 OpenPerson = Callable[..., Person]

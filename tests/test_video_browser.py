@@ -14,9 +14,10 @@ import uuid
 from typing import Any, Callable, Generator, Iterator
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Playwright, expect, sync_playwright
 
-from .browser_support import FAKE_MEDIA_ARGS, FAKE_MEDIA_DEVICES, PageProblems, ServerProcess, launch_chromium
+from .browser_support import FAKE_MEDIA_ARGS, FAKE_MEDIA_DEVICES, ServerProcess, launch_chromium
+from .browser_support import Person as BasePerson
 from .coturn import Coturn
 
 PAIRED = "You're now chatting with a random stranger. Say hi!"
@@ -70,20 +71,8 @@ WATCH = """
 """
 
 
-class Person:
+class Person(BasePerson):
     """Someone using the client in one browser page, with a camera."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.problems = PageProblems(page)
-
-    @property
-    def log(self) -> Locator:
-        return self.page.get_by_role("log")
-
-    @property
-    def message_box(self) -> Locator:
-        return self.page.get_by_role("textbox", name="Message")
 
     @property
     def video_switch(self) -> Locator:
@@ -101,15 +90,9 @@ class Person:
     def status(self, text: str) -> Locator:
         return self.page.get_by_role("status").filter(has_text=text)
 
-    def button(self, label: str) -> Locator:
-        return self.page.get_by_role("button", name=label, exact=True)
-
-    def start(self, *interests: str, video: bool) -> None:
+    def start(self, *interests: str, video: bool = False) -> None:
         """Type interests, choose video (acknowledging the first-time notice) or text, press Start."""
-        field = self.page.get_by_role("textbox", name="Interests")
-        for interest in interests:
-            field.fill(interest)
-            field.press("Enter")
+        self.enter_interests(*interests)
         if video:
             self.video_switch.check()
             expect(self.own_video).to_be_visible()
@@ -119,11 +102,6 @@ class Person:
         else:
             expect(self.video_switch).not_to_be_checked()
             self.button("Start").click()
-
-    def say(self, text: str) -> None:
-        """Type a message and press Enter."""
-        self.message_box.fill(text)
-        self.message_box.press("Enter")
 
     def peer_connections(self) -> int:
         """How many RTCPeerConnections the page has made."""
