@@ -71,6 +71,12 @@ class PluginTests(SynchronousTestCase):
             self.assertNotIn(first.rstrip(",").lower(), {"such", "these", "those", "it", "they", "same"}, name)
             self.assertNotIn("the same way", text, name)
 
+    def test_every_option_documented(self) -> None:
+        """Every option --help lists is described in docs/operations.md or the README."""
+        docs = (ROOT / "docs" / "operations.md").read_text() + (ROOT / "README.md").read_text()
+        missing = [name for name, _ in _help_texts(Options()) if f"--{name}" not in docs]
+        self.assertEqual(missing, [])
+
     def test_help_is_aligned(self) -> None:
         """--help lays every option's text out in one column, with no stray spacing inside a text."""
         help_text = str(Options())
