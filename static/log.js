@@ -45,6 +45,11 @@ export class ChatLog {
     this.following = true;
   }
 
+  /** The text of every line, as shown ("You: hi", "Stranger has disconnected."). */
+  lines() {
+    return Array.from(this.element.children, (line) => line.textContent);
+  }
+
   /** A status line ("Stranger has disconnected."). `alert` marks bad news. */
   status(text, { alert = false } = {}) {
     const line = document.createElement("p");

@@ -6,6 +6,7 @@ import { Connection, socketUrl } from "./connection.js";
 import { InterestsField, isBlank } from "./interests.js";
 import { ChatLog } from "./log.js";
 import { TitleNotifier } from "./title.js";
+import { saveTranscript } from "./transcript.js";
 import { TypingSender } from "./typing.js";
 import { LocalMedia, VideoCall, cameraProblem } from "./video.js";
 
@@ -51,6 +52,7 @@ const ui = {
   send: $("send"),
   count: $("count"),
   report: $("report"),
+  save: $("save"),
   reportDialog: $("report-dialog"),
   reportForm: $("report-form"),
   reportReason: $("report-reason"),
@@ -80,6 +82,7 @@ let state = "home";
 let chatId = null;
 let armed = false; // the leave button says "Really?"
 let reportable = false; // someone to report on this connection, not reported yet
+let savable = false; // the log holds a chat (going on or over) that Save chat can download
 let pending = null; // { frame, status } to send once the socket opens
 let lastRequest = null; // type of the last request that the server may refuse
 let recentOwn = []; // [{ line, text, at }] your messages of the last few seconds
@@ -183,6 +186,7 @@ function render() {
   ui.leave.textContent = state === "ended" ? "New" : armed ? "Really?" : "Stop";
   ui.leave.classList.toggle("armed", armed);
   ui.report.disabled = !reportable;
+  ui.save.disabled = !savable;
   if (!chatting) showTyping(false);
   updateCount();
   renderVideo();
@@ -284,6 +288,7 @@ function beginChatScreen() {
   chatId = null;
   inviteCode = null;
   recentOwn = [];
+  savable = false; // the last chat left the log with it
 }
 
 // User actions ----------------------------------------------------------------
@@ -464,6 +469,7 @@ const events = {
     const friend = state !== "waiting";
     chatId = chat;
     reportable = true;
+    savable = true;
     inviteCode = null;
     chatMode = mode === "video" ? "video" : "text";
     setState("chatting");
@@ -656,6 +662,9 @@ ui.report.addEventListener("click", () => {
   ui.reportReason.value = "";
   ui.reportDialog.showModal();
   ui.reportReason.focus();
+});
+ui.save.addEventListener("click", () => {
+  if (savable) saveTranscript(log.lines());
 });
 ui.reportCancel.addEventListener("click", () => ui.reportDialog.close());
 ui.reportForm.addEventListener("submit", (event) => {

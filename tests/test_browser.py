@@ -146,6 +146,99 @@ def test_hostile_text_is_shown_literally(open_person: OpenPerson) -> None:
         assert person.problems.console_errors == []
 
 
+def save_chat(person: Person) -> tuple[str, list[str]]:
+    """Press Save chat; the downloaded file's name and its lines (read as UTF-8)."""
+    with person.page.expect_download() as info:
+        person.button("Save chat").click()
+    download = info.value
+    path = download.path()
+    text = path.read_bytes().decode("utf-8")
+    assert text.endswith("\n")
+    return download.suggested_filename, text[:-1].split("\n")
+
+
+def test_save_chat_downloads_the_transcript(open_person: OpenPerson) -> None:
+    """Save chat downloads the log as plain UTF-8 text, during the chat and after it, and then the next chat."""
+    alice, bob = open_person(), open_person()
+    interest = unique_interest()
+    alice.start(interest)
+    expect(alice.log).to_contain_text(LOOKING)
+    expect(alice.button("Save chat")).to_be_disabled()  # no chat yet
+    bob.start(interest)
+    expect(alice.log).to_contain_text(PAIRED)
+    expect(alice.button("Save chat")).to_be_enabled()
+
+    alice.say("<b>x</b>")
+    expect(bob.log).to_contain_text("Stranger: <b>x</b>")
+    bob.say("h\u00e9llo \U0001f600 \u2713")
+    expect(alice.log).to_contain_text("Stranger: h\u00e9llo \U0001f600 \u2713")
+    alice.message_box.press_sequentially("line one")
+    alice.message_box.press("Shift+Enter")
+    alice.message_box.press_sequentially("line two")
+    alice.message_box.press("Enter")
+    expect(bob.log).to_contain_text("line two")
+
+    name, lines = save_chat(alice)
+    assert re.fullmatch(r"chatroulette-\d{4}-\d{2}-\d{2}-\d{4}\.txt", name), name
+    assert re.fullmatch(r"chatroulette chat, saved \d{4}-\d{2}-\d{2} \d{2}:\d{2}", lines[0]), lines[0]
+    conversation = [
+        LOOKING,
+        PAIRED,
+        f"You both like {interest}.",
+        "You: <b>x</b>",
+        "Stranger: h\u00e9llo \U0001f600 \u2713",
+        "You: line one",
+        "line two",
+    ]
+    assert lines[1:] == ["", *conversation]
+
+    # The stranger leaves: the chat can still be saved, with how it ended.
+    bob.button("Stop").click()
+    bob.button("Really?").click()
+    expect(alice.log).to_contain_text("Stranger has disconnected.")
+    expect(alice.button("New")).to_be_visible()
+    expect(alice.button("Save chat")).to_be_enabled()
+    _, lines = save_chat(alice)
+    assert lines[1:] == ["", *conversation, "Stranger has disconnected."]
+
+    # A new search clears the log; Save chat then saves the new chat.
+    alice.button("New").click()
+    expect(alice.log).to_contain_text(LOOKING)
+    expect(alice.button("Save chat")).to_be_disabled()
+    carol = open_person()
+    carol.start(interest)
+    expect(alice.log).to_contain_text(PAIRED)
+    carol.say("a new stranger")
+    expect(alice.log).to_contain_text("Stranger: a new stranger")
+    _, lines = save_chat(alice)
+    assert lines[1:] == ["", LOOKING, PAIRED, f"You both like {interest}.", "Stranger: a new stranger"]
+
+    for person in (alice, bob, carol):
+        assert person.problems.console_errors == []  # a CSP violation would be one
+        assert person.problems.page_errors == []
+
+
+def test_online_count_stays_current(open_person: OpenPerson) -> None:
+    """The start screen's online count follows people arriving and leaving, without a reload."""
+    live = ServerProcess(extra_args=["--online-interval", "0.5"])
+    live.start()
+    try:
+        alice = open_person(live.url)
+        expect(alice.page.get_by_text("1 person online: just you, for now.")).to_be_visible()
+        bob, carol = open_person(live.url), open_person(live.url)
+        expect(alice.page.get_by_text("3 people online now.")).to_be_visible()
+
+        # Chatting pages are counted; their start screen (and its count) is out of sight.
+        pair(bob, carol)
+        for person in (bob, carol):
+            expect(person.page.get_by_text(re.compile(r"online"))).to_be_hidden()
+        carol.page.context.close()
+        expect(alice.page.get_by_text("2 people online now.")).to_be_visible()
+        assert alice.problems.page_errors == []
+    finally:
+        live.stop()
+
+
 def test_typing_indicator_appears_and_clears(open_person: OpenPerson, server: ServerProcess) -> None:
     """'Stranger is typing...' shows on typing and clears after 4 s idle, on send, and at chat end."""
     alice = open_person(visit=False)
