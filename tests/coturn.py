@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import random
 import signal
 import socket
 import struct
@@ -24,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from .ports import free_port, free_port_range
 
 TURNSERVER = "/usr/bin/turnserver"
 REALM = "chatroulette.test"
@@ -83,32 +84,6 @@ pidfile={directory / "turnserver.pid"}
 """
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _free_range(count: int) -> int:
-    """The first of C{count} consecutive UDP ports free on 127.0.0.1 just now."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError(f"no {count} consecutive free UDP ports on 127.0.0.1")
-
-
 @dataclass
 class Coturn:
     """A coturn process on loopback, for the duration of a C{with} block."""
@@ -138,8 +113,8 @@ class Coturn:
     def start(self) -> None:
         self._temp = tempfile.TemporaryDirectory(prefix="coturn-")
         self.directory = Path(self._temp.name)
-        self.port = _free_udp_port()
-        base = _free_range(RELAY_PORTS)
+        self.port = free_port()
+        base = free_port_range(RELAY_PORTS, exclude=range(self.port, self.port + 1))
         self.relay_ports = (base, base + RELAY_PORTS - 1)
         conf = self.directory / "turnserver.conf"
         conf.write_text(config_text(self.secret, self.port, *self.relay_ports, self.directory, self.realm))

@@ -9,7 +9,6 @@ import functools
 import os
 import shutil
 import site
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -30,14 +29,9 @@ from chatroulette import tap
 from chatroulette.ice import IceConfig
 from chatroulette.tap import Options
 
+from .ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class PluginTests(SynchronousTestCase):
