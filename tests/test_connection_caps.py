@@ -19,7 +19,7 @@ from chatroulette.refusal import MAX_REFUSING, REFUSAL_GRACE, RefusedConnection
 from chatroulette.settings import Settings
 
 from .hostile import RawClient, connect_as, handshake, raw_connect
-from .memory import MemoryClient, MemoryServer
+from .memory import MemoryClient, MemoryServer, also_without_fast_path
 
 REMOTE = "203.0.113.7"
 PARTIAL = b"GET / HTTP/1.1\r\nHost: x\r\nX-Trickle: "
@@ -28,8 +28,10 @@ PARTIAL = b"GET / HTTP/1.1\r\nHost: x\r\nX-Trickle: "
 class CapsTestCase(SynchronousTestCase):
     settings = Settings()
 
+    fast_path = True
+
     def setUp(self) -> None:
-        self.server = MemoryServer(self.settings)
+        self.server = MemoryServer(self.settings, fast_path=self.fast_path)
         self.addresses = self.server.factory.admission.addresses
 
     def half_sent(self, host: str) -> RawClient:
@@ -243,3 +245,6 @@ class ProtocolNegotiationTests(SynchronousTestCase):
     def test_only_http_1_1_offered(self) -> None:
         """TLS never negotiates HTTP/2, whose channel would bypass the guarded, counted HTTP/1.1 one."""
         self.assertEqual(MemoryServer().site.acceptableProtocols(), [b"http/1.1"])
+
+
+also_without_fast_path(globals())

@@ -40,7 +40,7 @@ from chatroulette.tap import Options, makeService
 from .certs import make_certificate
 from .hostile import RawClient, connect_as, handshake, raw_connect
 from .loopback import RunningService, exchange, read_body
-from .memory import MemoryServer
+from .memory import MemoryServer, also_without_fast_path
 from .test_lobby import RecordingPeer, make_lobby
 
 REMOTE = "203.0.113.7"
@@ -375,8 +375,10 @@ class BanSaveFailureTests(SynchronousTestCase):
 class HTTPRequestTests(SynchronousTestCase):
     """How the site answers requests it will not serve."""
 
+    fast_path = True
+
     def setUp(self) -> None:
-        self.server = MemoryServer()
+        self.server = MemoryServer(fast_path=self.fast_path)
 
     def test_long_request_line_answered_400(self) -> None:
         """A URL over 16 KiB is answered 400 Bad Request, then the connection is closed."""
@@ -448,6 +450,8 @@ def response_headers(head: bytes) -> list[tuple[bytes, bytes]]:
 class RepeatedReportTests(SynchronousTestCase):
     """A partner reported again from the same connection is one report."""
 
+    fast_path = True
+
     def test_lobby_counts_a_partner_once_per_reporter(self) -> None:
         """The lobby counts one report per reporter and partner; the partner's own report of the reporter counts too."""
         lobby, _ = make_lobby()
@@ -468,7 +472,7 @@ class RepeatedReportTests(SynchronousTestCase):
 
     def test_repeated_report_counted_and_logged_once(self) -> None:
         """Reporting the same partner three times: one report event, one in the metrics, one for moderation."""
-        server = MemoryServer()
+        server = MemoryServer(fast_path=self.fast_path)
         moderation = Moderation(threshold=2)
         server.factory.moderation = moderation
         counted: list[tuple[str, str]] = []
@@ -492,3 +496,6 @@ class RepeatedReportTests(SynchronousTestCase):
         self.assertEqual(server.lobby.stats.reports, 1)
         self.assertEqual(counted, [("198.51.100.23", REMOTE)])
         self.assertNotIn("error", b.types())
+
+
+also_without_fast_path(globals())

@@ -17,7 +17,7 @@ from chatroulette.moderation import Moderation
 from chatroulette.settings import Settings
 
 from .hostile import RawClient, connect_as, handshake, raw_connect
-from .memory import MemoryClient, MemoryServer
+from .memory import MemoryClient, MemoryServer, also_without_fast_path
 
 PROXY = "127.0.0.1"
 ATTACKER = "203.0.113.66"
@@ -27,8 +27,10 @@ VICTIM = "198.51.100.50"
 class ProxyTestCase(SynchronousTestCase):
     settings = Settings(trust_proxy_headers=True, max_connections_per_ip=3, handshake_rate=0)
 
+    fast_path = True
+
     def setUp(self) -> None:
-        self.server = MemoryServer(self.settings)
+        self.server = MemoryServer(self.settings, fast_path=self.fast_path)
         self.server.factory.moderation = Moderation(threshold=3, window=3600, ban_seconds=600)
 
     def via_proxy(self, client: str, **sent: str) -> MemoryClient:
@@ -137,3 +139,6 @@ class ForwardedProxyTests(ProxyTestCase):
         for value in ["for=unknown", f"for={ATTACKER}, for=unknown", f"for={ATTACKER}, proto=https", ""]:
             self.assertEqual(self.raw_via_proxy({"Forwarded": value}).status(), 400, value)
         self.assertEqual(self.raw_via_proxy({"X-Forwarded-For": ATTACKER}).status(), 400)
+
+
+also_without_fast_path(globals())
