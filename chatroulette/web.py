@@ -75,11 +75,39 @@ def _security_headers(request: Request) -> None:
     request.setHeader(b"X-Frame-Options", b"DENY")
 
 
+def _reads_only(request: Request) -> bytes | None:
+    """
+    A plain-text 405 for any method but GET and HEAD (nothing here takes
+    another), or None.  Twisted's own answer is an HTML page its newer
+    versions deprecate.
+    """
+    if request.method in (b"GET", b"HEAD"):
+        return None
+    request.setResponseCode(405)
+    request.setHeader(b"Allow", b"GET, HEAD")
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return b"Method not allowed.\n"
+
+
+class ReadOnly(Resource):
+    """A resource answering GET (and HEAD) only."""
+
+    def render(self, request: Request) -> bytes | int:
+        refusal = _reads_only(request)
+        if refusal is not None:
+            return refusal
+        result: bytes | int = super().render(request)
+        return result
+
+
 class StaticFiles(File):
     """Static files with strict security headers on every response."""
 
     def render(self, request: Request) -> bytes | int:
         _security_headers(request)
+        refusal = _reads_only(request)
+        if refusal is not None:
+            return refusal
         result: bytes | int = super().render(request)
         return result
 
@@ -160,7 +188,7 @@ def _handing_over(channel: object) -> Iterator[None]:
         unclaimed.release()
 
 
-class Health(Resource):
+class Health(ReadOnly):
     """C{GET /healthz}: liveness plus the lobby's counts, as JSON."""
 
     isLeaf = True
@@ -274,7 +302,7 @@ def _by_label(
     return family
 
 
-class Metrics(Resource):
+class Metrics(ReadOnly):
     """C{GET /metrics}: Prometheus text format."""
 
     isLeaf = True

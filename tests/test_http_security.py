@@ -441,6 +441,20 @@ class HTTPRequestTests(SynchronousTestCase):
                 self.assertNotRegex(value.lower(), rb"autobahn|twisted", (request[:40], name))
 
 
+    def test_other_methods_answered_405_in_plain_text(self) -> None:
+        """DELETE, PUT or POST to any page is a plain-text 405 naming GET and HEAD, with no deprecated HTML page."""
+        for request in [
+            b"DELETE /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"PUT /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        ]:
+            head, _, body = raw_request(self.server, request).received.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 405 "), head)
+            self.assertIn((b"allow", b"GET, HEAD"), response_headers(head))
+            self.assertEqual(body, b"Method not allowed.\n")
+        self.assertEqual([w["message"] for w in self.flushWarnings()], [])
+
+
 def response_headers(head: bytes) -> list[tuple[bytes, bytes]]:
     """The (lower-cased name, value) pairs of a response head."""
     lines = head.split(b"\r\n")[1:]
