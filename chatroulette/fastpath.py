@@ -25,9 +25,8 @@ from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from .internals import CountedFrames, Hooks, autobahn_feed, autobahn_idle
+from .internals import CountedFrames, autobahn_feed, autobahn_idle
 from .limits import TokenBucket
-from .outbound import FrameWriter
 from .ratelimit import FrameHeaders
 
 _OPEN = WebSocketProtocol.STATE_OPEN
@@ -50,7 +49,8 @@ class FastTextFrames(CountedFrames):
     Receive complete masked text frames and send text frames without
     Autobahn's general machinery; fall back to it for everything else.
 
-    The factory provides C{hooks} (L{Hooks}) and C{writer} (L{FrameWriter}),
+    The factory provides C{hooks} (L{chatroulette.internals.Hooks}) and
+    C{writer} (L{chatroulette.outbound.FrameWriter}),
     and C{clock} once a frame budget is set (L{count_frames}).
     Subclasses implement L{on_text}, which must return C{False} (having done
     nothing) when the payload should rather go through Autobahn, for example
@@ -201,5 +201,3 @@ class FastTextFrames(CountedFrames):
         self.factory.writer.before_write(self)
         super().sendData(data, sync, chopsize)
 
-
-__all__ = ["FastTextFrames", "FrameWriter", "Hooks", "unmask"]

@@ -57,11 +57,6 @@ def is_plain_tcp(transport: object) -> bool:
     return type(transport) is tcp.Server and not transport.TLS
 
 
-def is_aborting(transport: object) -> bool:
-    """Has C{abortConnection} been called (after which nothing may be written)?"""
-    return bool(getattr(transport, "_aborting", False))
-
-
 def write_through(transport: ITransport | None, data: bytes) -> None:
     """
     Write C{data} to the socket now when nothing is queued, like asyncio does.

@@ -88,24 +88,23 @@ class FrameWriter:
         self.fast = fast
         self.batcher = WriteBatcher(clock) if fast and batch else None
 
-    def send(self, protocol: Any, payload: bytes) -> int:
+    def send(self, protocol: Any, payload: bytes) -> None:
         """
-        Send C{payload} as one text message; return the bytes written here
-        (0 when Autobahn writes them, through C{sendData}, or when the
-        protocol's C{outgoing} refuses them).
+        Send C{payload} as one text message, unless the protocol's
+        C{outgoing} refuses its bytes (Autobahn's own writes are counted in
+        C{sendData}).
         """
         if self.fast and can_send_direct(protocol):
             frame = text_frame(payload)
             if not protocol.outgoing(len(frame)):
-                return 0
+                return
             batcher = self.batcher
             if batcher is not None and is_plain_tcp(protocol.transport):
                 batcher.add(protocol, frame)
             else:
                 write_through(protocol.transport, frame)
-            return len(frame)
+            return
         protocol.sendMessage(payload)
-        return 0
 
     def before_write(self, protocol: Any) -> None:
         """Autobahn is about to write for C{protocol}: what we hold goes first."""
