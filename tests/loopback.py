@@ -7,6 +7,7 @@ and reading an HTTP response body.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from typing import Any, cast
@@ -14,6 +15,7 @@ from typing import Any, cast
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints, reactor
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -149,24 +151,47 @@ def read_body(response: IResponse) -> defer.Deferred[bytes]:
     return done
 
 
-class _Raw(Protocol):
-    """Bytes received on a raw connection; C{lost} fires when the server closes it."""
+class RawClient(Protocol):
+    """
+    A raw TCP client over loopback that records everything the server sends.
+    C{arrived} fires on the first bytes, C{answered} once a whole HTTP
+    response head is in, C{lost} when the connection ends; the first two
+    also fire then, if they had not (L{status} tells what, if anything, came).
+    """
 
     def __init__(self) -> None:
         self.received = b""
+        self.arrived: defer.Deferred[None] = defer.Deferred()
+        self.answered: defer.Deferred[None] = defer.Deferred()
         self.lost: defer.Deferred[None] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        if not self.arrived.called:
+            self.arrived.callback(None)
+        if b"\r\n\r\n" in self.received and not self.answered.called:
+            self.answered.callback(None)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for waiting in (self.arrived, self.answered):
+            if not waiting.called:
+                waiting.callback(None)
         self.lost.callback(None)
+
+    def status(self) -> int | None:
+        """The HTTP status code of the response, if one arrived."""
+        match = re.match(rb"HTTP/1\.[01] (\d{3}) ", self.received)
+        return int(match.group(1)) if match else None
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
 
 
 async def exchange(port: int, request: bytes, timeout: float = 5) -> bytes:
     """Send C{request} over a real loopback socket; return everything until the server closes."""
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    raw = cast(_Raw, await endpoint.connect(Factory.forProtocol(_Raw)))
+    raw = cast(RawClient, await endpoint.connect(Factory.forProtocol(RawClient)))
     assert raw.transport is not None
     raw.transport.write(request)
     raw.lost.addTimeout(timeout, reactor)

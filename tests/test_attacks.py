@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import Counter
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -23,17 +22,16 @@ from typing import Any, AsyncIterator, Coroutine, Iterator, cast
 import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, reactor
-from twisted.internet.interfaces import IReactorTime, ITCPTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.web.client import Agent
 
 from chatroulette.moderation import BANS_FILE
 
 from .bystanders import PAIR_ARGS, ChattingPair
 from .hostile import handshake
-from .loopback import QueueClient, RunningService, open_client, read_body
+from .loopback import QueueClient, RawClient, RunningService, open_client, read_body
 
 clock = cast(IReactorTime, reactor)
 
@@ -102,48 +100,20 @@ def captured_log() -> Iterator[list[dict[str, Any]]]:
         globalLogPublisher.removeObserver(observer)
 
 
-class Exchange(Protocol):
-    """A raw TCP client: sends what it is given, records the answer."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.answered: defer.Deferred[None] = defer.Deferred()
-        self.lost: defer.Deferred[None] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        if b"\r\n\r\n" in self.received and not self.answered.called:
-            self.answered.callback(None)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.answered.called:
-            self.answered.callback(None)  # status() tells what (if anything) came
-        self.lost.callback(None)
-
-    def status(self) -> int | None:
-        """The HTTP status code of the response, if one arrived."""
-        match = re.match(rb"HTTP/1\.[01] (\d{3}) ", self.received)
-        return int(match.group(1)) if match else None
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            cast(ITCPTransport, self.transport).abortConnection()
-
-
-async def exchange(running: RunningService, request: bytes) -> Exchange:
+async def exchange(running: RunningService, request: bytes) -> RawClient:
     """Connect, send C{request}, and wait for the response head (or the end of the connection)."""
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", running.port)
-    client = cast(Exchange, await within(endpoint.connect(Factory.forProtocol(Exchange))))
+    client = cast(RawClient, await within(endpoint.connect(Factory.forProtocol(RawClient))))
     assert client.transport is not None
     client.transport.write(request)
     await within(client.answered)
     return client
 
 
-async def all_of(requests: list[bytes], running: RunningService) -> list[Exchange]:
+async def all_of(requests: list[bytes], running: RunningService) -> list[RawClient]:
     """L{exchange} for every request, all at once."""
     return cast(
-        list[Exchange],
+        list[RawClient],
         await defer.gatherResults(
             [defer.ensureDeferred(exchange(running, request)) for request in requests], consumeErrors=True
         ),

@@ -19,10 +19,9 @@ import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.interfaces import ITCPTransport
-from twisted.internet.protocol import Factory, Protocol
-from twisted.python.failure import Failure
+from twisted.internet.protocol import Factory
 
-from .loopback import QueueClient
+from .loopback import QueueClient, RawClient
 from .process import start, twistd_with_open_files
 
 OPEN_FILES = 1024
@@ -31,37 +30,15 @@ MAX_CONNECTIONS = OPEN_FILES - 128  # the default for that limit
 RESERVE = MAX_CONNECTIONS // 8  # the last eighth, for addresses holding fewer than 8
 
 
-class Probe(Protocol):
-    """A raw TCP client: records what comes back, fires C{got_data} and C{lost}."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.got_data: defer.Deferred[None] = defer.Deferred()
-        self.lost: defer.Deferred[None] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        if not self.got_data.called:
-            self.got_data.callback(None)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.got_data.called:
-            self.got_data.callback(None)
-        self.lost.callback(None)
-
-    def status(self) -> int | None:
-        return int(self.received[9:12]) if self.received.startswith(b"HTTP/1.1 ") else None
-
-
 async def within(d: defer.Deferred[Any], seconds: float = 5) -> Any:
     d.addTimeout(seconds, reactor)
     return await d
 
 
-async def probe(port: int, source: str, send: bytes = b"") -> Probe:
+async def probe(port: int, source: str, send: bytes = b"") -> RawClient:
     """A raw connection to the server from the loopback address C{source}, sending C{send} at once."""
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0))
-    client = cast(Probe, await within(endpoint.connect(Factory.forProtocol(Probe))))
+    client = cast(RawClient, await within(endpoint.connect(Factory.forProtocol(RawClient))))
     if send:
         assert client.transport is not None
         client.transport.write(send)
@@ -92,8 +69,8 @@ async def test_trickling_flood_under_1024_open_files() -> None:
     """1,100 trickling connections, 1,024 open files: a new pair chats, the cap answers 503, no EMFILE."""
     _enough_open_files()
     process, server, port = await start(twistd_with_open_files(OPEN_FILES), "--handshake-timeout", "30")
-    attackers: list[Probe] = []
-    others: list[Probe] = []
+    attackers: list[RawClient] = []
+    others: list[RawClient] = []
     chatters: list[QueueClient] = []
 
     def trickle_a_byte() -> None:
@@ -129,7 +106,7 @@ async def test_trickling_flood_under_1024_open_files() -> None:
             source = f"127.0.{1 + i // 250}.{1 + i % 250}"
             other = await probe(port, source, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             others.append(other)
-            await within(other.got_data)
+            await within(other.arrived)
             if other.status() != 200:
                 break
         assert other.status() == 503 and b"Server full" in other.received, other.received

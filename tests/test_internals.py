@@ -28,6 +28,7 @@ from chatroulette.outbound import WriteBatcher
 from chatroulette.settings import Settings
 
 from .certs import make_certificate
+from .loopback import RawClient
 from .memory import MemoryServer
 
 
@@ -105,23 +106,6 @@ class PublicOnlyTests(SynchronousTestCase):
 # Real sockets -------------------------------------------------------------------
 
 
-class Recorder(protocol.Protocol):
-    """Records what arrives; C{arrived} fires on the first bytes, C{lost} at the end."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.arrived: defer.Deferred[None] = defer.Deferred()
-        self.lost: defer.Deferred[None] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        if not self.arrived.called:
-            self.arrived.callback(None)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.lost.callback(None)
-
-
 class Server(protocol.Protocol):
     """Runs C{on_connect(transport)} once connected; C{lost} fires when the connection ends."""
 
@@ -174,7 +158,7 @@ async def test_write_through_after_start_tls_is_encrypted(tmp_path: Path) -> Non
 
     port = await listen(ServerFactory(start_tls_then_write))
     try:
-        client = Recorder()
+        client = RawClient()
         endpoint = endpoints.wrapClientTLS(
             client_options, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", cast(IPv4Address, port.getHost()).port)
         )
