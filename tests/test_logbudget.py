@@ -304,14 +304,21 @@ class BudgetOptionTests(SynchronousTestCase):
 
 
 class LogSetupBudgetTests(SynchronousTestCase):
-    def test_installed_for_every_source(self) -> None:
-        """Under the service, lines about clients from Autobahn, Twisted and us share one budget, summarised."""
+    def started(
+        self, level: LogLevel, refused_lines: int
+    ) -> tuple[Recorder, LogPublisher, MemoryReactorClock, LogSetup]:
+        """A running LogSetup whose observers are one L{Recorder}, on a running fake reactor."""
         out = Recorder()
         publisher = LogPublisher(cast(ILogObserver, out))
         reactor = MemoryReactorClock()
         reactor.run()
-        setup = LogSetup(LogLevel.info, reactor, reactor, refused_lines=10, publisher=publisher)
+        setup = LogSetup(level, reactor, reactor, refused_lines=refused_lines, publisher=publisher)
         setup.startService()
+        return out, publisher, reactor, setup
+
+    def test_installed_for_every_source(self) -> None:
+        """Under the service, lines about clients from Autobahn, Twisted and us share one budget, summarised."""
+        out, publisher, reactor, setup = self.started(LogLevel.info, 10)
         self.addCleanup(setup.stopService)
         for namespace in ("autobahn.websocket", "twisted.web.http.HTTPChannel", "chatroulette.protocol"):
             log = Logger(namespace=namespace, observer=publisher)
@@ -326,12 +333,7 @@ class LogSetupBudgetTests(SynchronousTestCase):
 
     def test_stop_tells_the_last_drops(self) -> None:
         """Stopping logs the summary of drops not yet told, then unwraps the observers."""
-        out = Recorder()
-        publisher = LogPublisher(cast(ILogObserver, out))
-        reactor = MemoryReactorClock()
-        reactor.run()
-        setup = LogSetup(LogLevel.info, reactor, reactor, refused_lines=1, publisher=publisher)
-        setup.startService()
+        out, publisher, reactor, setup = self.started(LogLevel.info, 1)
         log = Logger(namespace="autobahn.x", observer=publisher)
         log.info("a")
         log.info("b")
@@ -342,12 +344,7 @@ class LogSetupBudgetTests(SynchronousTestCase):
 
     def test_summary_obeys_the_level(self) -> None:
         """At --log-level error the summary (a warning) is not written either."""
-        out = Recorder()
-        publisher = LogPublisher(cast(ILogObserver, out))
-        reactor = MemoryReactorClock()
-        reactor.run()
-        setup = LogSetup(LogLevel.error, reactor, reactor, refused_lines=1, publisher=publisher)
-        setup.startService()
+        out, publisher, reactor, setup = self.started(LogLevel.error, 1)
         self.addCleanup(setup.stopService)
         log = Logger(namespace="autobahn.x", observer=publisher)
         log.error("a")
