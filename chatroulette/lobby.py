@@ -56,8 +56,21 @@ class Clock(Protocol):
     def callLater(self, delay: float, callable: Callable[..., object], *args: object) -> DelayedCall: ...
 
 
-class Peer(Hashable, Protocol):
-    """A connected client, as the lobby sees it: something to tell about events."""
+class Someone(Protocol):
+    """A client as a report names it: for the log, and the address key bans apply to."""
+
+    @property
+    def client_id(self) -> str: ...
+
+    @property
+    def address_key(self) -> str | None: ...
+
+
+class Peer(Someone, Hashable, Protocol):
+    """
+    A connected client, as the lobby sees it: something to tell about events,
+    with a name for the log and the address key bans apply to (None: exempt).
+    """
 
     def send_waiting(self) -> None: ...
 
@@ -79,14 +92,30 @@ class Peer(Hashable, Protocol):
 
     def send_invite_expired(self, code: str) -> None: ...
 
+    def send_error(self, code: str, message: str) -> None:
+        """A request was refused after the call that made it returned (a shared lobby answers later)."""
+
+
+# Called once per chat started: chat id, the two clients' names (client_id),
+# their shared interests.
+PairObserver = Callable[[str, str, str, Sequence[str]], None]
+
 
 class ILobby(Protocol):
     """
     What the WebSocket layer needs from a lobby.
 
     Every method is called with a peer that was passed to L{connect} and not
-    yet to L{disconnect}.
+    yet to L{disconnect}.  Requests answer through the peer's C{send_*}
+    events: at once here (L{Lobby}), after a round trip in a shared lobby
+    (L{chatroulette.redislobby.RedisLobby}), which may also refuse a request
+    later with C{send_error}.  C{ProtocolError} raised by a call refuses it
+    at once.  Observers (C{on_pair}) are passed to the constructor.
     """
+
+    @property
+    def ready(self) -> bool:
+        """Whether requests can be served (a shared lobby is not while its store is out of reach)."""
 
     @property
     def online(self) -> int: ...
@@ -100,9 +129,6 @@ class ILobby(Protocol):
     @property
     def stats(self) -> "LobbyStats": ...
 
-    # Called once per chat started (chat id, the two peers, shared interests).
-    on_pair: Callable[[str, Peer, Peer, Sequence[str]], None] | None
-
     def connect(self, peer: Peer) -> None: ...
 
     def disconnect(self, peer: Peer) -> None: ...
@@ -115,13 +141,16 @@ class ILobby(Protocol):
 
     def state_of(self, peer: Peer) -> "State": ...
 
+    def partner_of(self, peer: Peer) -> Peer | None:
+        """The partner, if chatting with a client of this process."""
+
     def message(self, peer: Peer, text: str) -> None: ...
 
     def typing(self, peer: Peer, active: bool) -> None: ...
 
     def signal(self, peer: Peer, data: bytes) -> None: ...
 
-    def report(self, peer: Peer, reason: str = "") -> Peer | None: ...
+    def report(self, peer: Peer, reason: str = "") -> Someone | None: ...
 
     def create_invite(self, peer: Peer, mode: Mode = TEXT) -> str: ...
 
@@ -277,18 +306,18 @@ class Lobby:
         interest_timeout: float = DEFAULT_INTEREST_TIMEOUT,
         repeat_cooldown: float = DEFAULT_REPEAT_COOLDOWN,
         make_token: Callable[[], str] = lambda: secrets.token_urlsafe(9),
-        on_pair: Callable[[str, Peer, Peer, Sequence[str]], None] | None = None,
+        on_pair: PairObserver | None = None,
     ) -> None:
         """
         @param on_pair: called once per chat started, with the chat id, the
-            two peers and their shared interests (for logging).
+            two clients' names and their shared interests (for logging).
         """
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._interest_timeout = interest_timeout
         self._repeat_cooldown = repeat_cooldown
         self._make_token = make_token
-        self.on_pair = on_pair
+        self._on_pair = on_pair
         self._clients: dict[Peer, _Client] = {}
         # Waiters are paired only within their mode.
         self._pools: dict[Mode, _Pools] = {mode: _Pools() for mode in MODES}
@@ -298,6 +327,10 @@ class Lobby:
         self.stats = LobbyStats()
 
     # Counts -----------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return True
 
     @property
     def online(self) -> int:
@@ -612,7 +645,7 @@ class Lobby:
         self.stats.pairings += 1
         if mode == VIDEO:
             self.stats.video_pairings += 1
-        if self.on_pair is not None:
-            self.on_pair(chat, one.peer, other.peer, shared)
+        if self._on_pair is not None:
+            self._on_pair(chat, one.peer.client_id, other.peer.client_id, shared)
         one.peer.send_paired(chat, shared, mode, initiator is one)
         other.peer.send_paired(chat, shared, mode, initiator is other)

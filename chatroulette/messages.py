@@ -35,8 +35,10 @@ NOT_CHATTING: Final = "not_chatting"
 INVITE_INVALID: Final = "invite_invalid"
 RATE_LIMITED: Final = "rate_limited"
 BANNED: Final = "banned"
+# The shared lobby (--redis) cannot be reached just now: retry later.
+UNAVAILABLE: Final = "unavailable"
 
-ERROR_CODES: Final = (BAD_REQUEST, TEXT_TOO_LONG, NOT_CHATTING, INVITE_INVALID, RATE_LIMITED, BANNED)
+ERROR_CODES: Final = (BAD_REQUEST, TEXT_TOO_LONG, NOT_CHATTING, INVITE_INVALID, RATE_LIMITED, BANNED, UNAVAILABLE)
 
 _WHITESPACE = re.compile(r"\s+")
 # Hangul fillers: letters (category Lo) that render as nothing, so no

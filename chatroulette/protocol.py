@@ -35,7 +35,7 @@ from .ice import IceConfig
 from .identity import ClientIds
 from .internals import Hooks, cancel_close_timer, drop_handshake_state, send_close_frame, share_options, use_clock
 from .limits import Slot
-from .lobby import ILobby, State
+from .lobby import ILobby, Someone, State
 from .messages import (
     BANNED,
     RATE_LIMITED,
@@ -237,10 +237,10 @@ class ChatServerProtocol(FastTextFrames):
             lobby.find(self, frame.interests, frame.invite, frame.mode)
         elif isinstance(frame, Leave):
             lobby.leave(self)
-            # Once per chat, like "pair": debug level (see _log_pair).
+            # Once per chat, like "pair": debug level (see log_pair).
             self._log.debug("client {client} left", client=self.client_id, event="leave")
         elif isinstance(frame, Report):
-            reported = cast("ChatServerProtocol | None", lobby.report(self, frame.reason))
+            reported = lobby.report(self, frame.reason)
             if reported is None:
                 return  # reported already from this connection: counted and logged once
             # The reason is the reporter's own words about the chat: not logged.
@@ -364,6 +364,21 @@ class ChatServerProtocol(FastTextFrames):
 _pair_log = Logger(namespace=f"{__name__}.ChatServerFactory")
 
 
+def log_pair(chat: str, client: str, partner: str, interests: Sequence[str]) -> None:
+    """The lobbies' C{on_pair} observer."""
+    # Events that happen once per chat are debug level (see design.md):
+    # below --log-level (default info) this call does nothing at all,
+    # so nothing is formatted here; one event per chat, not one per side.
+    _pair_log.debug(
+        "clients {client} and {partner} paired in chat {chat}",
+        client=client,
+        partner=partner,
+        chat=chat,
+        shared=len(interests),
+        event="pair",
+    )
+
+
 class ChatServerFactory(WebSocketServerFactory):
     """Owns the lobby, the open connections, the WebSocket options and the limits."""
 
@@ -405,7 +420,6 @@ class ChatServerFactory(WebSocketServerFactory):
         self.presence = OnlineAnnouncer(
             clock, lambda: lobby.online, self._not_chatting, settings.online_interval
         )
-        lobby.on_pair = self._log_pair
 
     # What the HTTP side reads (web.py).
     @property
@@ -423,21 +437,7 @@ class ChatServerFactory(WebSocketServerFactory):
     def address_label(self, host: str) -> str:
         return self.ids.address_label(host)
 
-    def _log_pair(self, chat: str, one: Any, other: Any, interests: Sequence[str]) -> None:
-        # Events that happen once per chat are debug level (see design.md):
-        # below --log-level (default info) this call does nothing at all,
-        # so nothing is formatted here; one event per chat, not one per side.
-        client, partner = one.client_id, other.client_id
-        _pair_log.debug(
-            "clients {client} and {partner} paired in chat {chat}",
-            client=client,
-            partner=partner,
-            chat=chat,
-            shared=len(interests),
-            event="pair",
-        )
-
-    def count_report(self, reporter: ChatServerProtocol, reported: ChatServerProtocol) -> None:
+    def count_report(self, reporter: ChatServerProtocol, reported: Someone) -> None:
         """Feed a report to moderation; ban the reported address if it is due."""
         if reported.address_key is None:
             return

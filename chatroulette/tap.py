@@ -30,7 +30,7 @@ from .moderation import (
     Moderation,
     SQLiteBanStore,
 )
-from .protocol import ChatServerFactory
+from .protocol import ChatServerFactory, log_pair
 from .settings import Settings
 from .randomness import BlockSystemRandom
 from .service import DEFAULT_SHUTDOWN_TIMEOUT, ChatService
@@ -625,6 +625,7 @@ def makeService(options: Options) -> service.MultiService:
         BlockSystemRandom(),
         interest_timeout=options["interest-timeout"],
         repeat_cooldown=options["repeat-cooldown"],
+        on_pair=log_pair,
     )
     store = SQLiteBanStore(options["state-dir"] / BANS_FILE, reactor)  # type: ignore[arg-type]
     moderation = Moderation(

@@ -22,7 +22,7 @@ from chatroulette.ice import IceConfig
 from chatroulette.lobby import Clock as LobbyClock
 from chatroulette.lobby import Lobby
 from chatroulette.internals import use_clock
-from chatroulette.protocol import ChatServerFactory
+from chatroulette.protocol import ChatServerFactory, log_pair
 from chatroulette.settings import Settings
 from chatroulette.web import build_site
 
@@ -91,6 +91,7 @@ class MemoryServer:
             random.Random(seed),
             interest_timeout=interest_timeout,
             repeat_cooldown=repeat_cooldown,
+            on_pair=log_pair,
         )
         self.factory = ChatServerFactory(self.lobby, self.clock, settings, ice=ice)
         self.site = build_site(self.factory, STATIC)

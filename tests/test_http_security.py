@@ -41,7 +41,6 @@ from .certs import make_certificate
 from .hostile import RawClient, connect_as, handshake, raw_connect
 from .loopback import RunningService, exchange, read_body
 from .memory import MemoryServer, also_without_fast_path
-from .test_lobby import RecordingPeer, make_lobby
 
 REMOTE = "203.0.113.7"
 
@@ -465,24 +464,6 @@ class RepeatedReportTests(SynchronousTestCase):
     """A partner reported again from the same connection is one report."""
 
     fast_path = True
-
-    def test_lobby_counts_a_partner_once_per_reporter(self) -> None:
-        """The lobby counts one report per reporter and partner; the partner's own report of the reporter counts too."""
-        lobby, _ = make_lobby()
-        a, b, c = RecordingPeer("a"), RecordingPeer("b"), RecordingPeer("c")
-        for peer in (a, b, c):
-            lobby.connect(peer)
-        lobby.find(a)
-        lobby.find(b)
-        self.assertIs(lobby.report(a, "rude"), b)
-        self.assertIsNone(lobby.report(a, "rude"))
-        self.assertIsNone(lobby.report(a))
-        self.assertEqual(lobby.stats.reports, 1)
-        self.assertIs(lobby.report(b), a)
-        lobby.find(a)
-        lobby.find(c)
-        self.assertIs(lobby.report(a), c)
-        self.assertEqual(lobby.stats.reports, 3)
 
     def test_repeated_report_counted_and_logged_once(self) -> None:
         """Reporting the same partner three times: one report event, one in the metrics, one for moderation."""

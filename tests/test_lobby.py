@@ -1,12 +1,17 @@
 """
-The lobby's rules, with no reactor: a L{Clock}, a seeded random source and
-recording peers.
+The lobby's rules, one contract for both lobbies.
+
+Every test class here runs twice: against the in-memory L{Lobby} with no
+reactor (a L{Clock}, a seeded random source, recording peers), and, as its
+C{...OnRedis} twin, against L{RedisLobby} on a real C{redis-server} (see
+L{tests.lobbies}).  The tests drive both through L{ILobby} only; the few
+that look at the in-memory lobby's own structures are in
+L{MemoryLobbyInternalsTests}.
 """
 
 from __future__ import annotations
 
-import random
-from typing import Any, Sequence, cast
+from typing import Any, Callable, cast
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -18,65 +23,7 @@ from chatroulette.lobby import INVITE_LIFETIME, Clock as LobbyClock
 from chatroulette.lobby import Lobby, State
 from chatroulette.messages import MODES, Mode, ProtocolError
 
-
-class RecordingPeer:
-    """A peer that remembers what the lobby told it."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.events: list[tuple[Any, ...]] = []
-        # (chat, mode, initiator) of every paired event, in order.
-        self.roles: list[tuple[str, str, bool]] = []
-
-    def __repr__(self) -> str:
-        return f"<peer {self.name}>"
-
-    def send_waiting(self) -> None:
-        self.events.append(("waiting",))
-
-    def send_paired(self, chat: str, interests: Sequence[str], mode: Mode, initiator: bool) -> None:
-        self.events.append(("paired", chat, list(interests)))
-        self.roles.append((chat, mode, initiator))
-
-    def send_signal(self, data: bytes) -> None:
-        self.events.append(("signal", data))
-
-    def send_message(self, text: str) -> None:
-        self.events.append(("message", text))
-
-    def send_typing(self, active: bool) -> None:
-        self.events.append(("typing", active))
-
-    def send_partner_left(self, chat: str) -> None:
-        self.events.append(("partner_left", chat))
-
-    def send_invite_expired(self, code: str) -> None:
-        self.events.append(("invite_expired", code))
-
-    def take(self) -> list[tuple[Any, ...]]:
-        events, self.events = self.events, []
-        return events
-
-
-def make_lobby(seed: int = 0, **kwargs: Any) -> tuple[Lobby, Clock]:
-    clock = Clock()
-    tokens = (f"code{i:08d}" for i in range(10**6))
-    lobby = Lobby(cast(LobbyClock, clock), random.Random(seed), make_token=lambda: next(tokens), **kwargs)
-    return lobby, clock
-
-
-class LobbyTestCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.lobby, self.clock = make_lobby()
-
-    def peer(self, name: str) -> RecordingPeer:
-        peer = RecordingPeer(name)
-        self.lobby.connect(peer)
-        return peer
-
-    def chat_of(self, peer: RecordingPeer) -> str:
-        kind, chat, _ = [e for e in peer.events if e[0] == "paired"][-1]
-        return cast(str, chat)
+from .lobbies import LobbyTestCase, RecordingPeer, also_on_redis, make_memory_lobby, open_lobby
 
 
 class PairingTests(LobbyTestCase):
@@ -95,13 +42,13 @@ class PairingTests(LobbyTestCase):
         self.assertEqual((self.lobby.online, self.lobby.waiting, self.lobby.chatting), (2, 0, 2))
 
     def test_pair_observed_once(self) -> None:
-        """The on_pair hook hears about each chat once, with both peers and what they share."""
+        """The on_pair hook hears about each chat once, with both names and what they share."""
         seen: list[tuple[Any, ...]] = []
-        self.lobby, _ = make_lobby(on_pair=lambda *args: seen.append(args))
+        self.lobby, _ = self.make_lobby(on_pair=lambda *args: seen.append(args))
         a, b = self.peer("a"), self.peer("b")
         self.lobby.find(a, ["x", "y"])
         self.lobby.find(b, ["y"])
-        self.assertEqual(seen, [(self.chat_of(a), b, a, ["y"])])
+        self.assertEqual(seen, [(self.chat_of(a), "b", "a", ["y"])])
 
     def test_alone_never_paired_with_self(self) -> None:
         """A lone stranger pressing find again and again keeps waiting."""
@@ -117,7 +64,7 @@ class PairingTests(LobbyTestCase):
         """With several compatible waiters, who gets the newcomer depends on the random source."""
         partners = set()
         for seed in range(20):
-            lobby, _ = make_lobby(seed)
+            lobby, _ = self.make_lobby(seed)
             for i in range(5):
                 waiter = RecordingPeer(str(i))
                 lobby.connect(waiter)
@@ -215,35 +162,6 @@ class PairingTests(LobbyTestCase):
         self.lobby.disconnect(b)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_no_map_keeps_a_client_that_left(self) -> None:
-        """
-        A busy client prunes its ended cooldowns on both sides: when it
-        leaves, a quiet client it once met holds no reference to it.
-        """
-        quiet, busy = self.peer("quiet"), self.peer("busy")
-        self.lobby.find(quiet)
-        self.lobby.find(busy)
-        self.lobby.leave(busy)
-        self.clock.advance(31)
-        for i in range(40):  # enough chats to make busy prune its map
-            other = self.peer(f"o{i}")
-            self.lobby.find(other)
-            self.lobby.find(busy)
-            self.lobby.leave(busy)
-        self.lobby.disconnect(busy)
-        self.assertIsNone(self.lobby._clients[quiet].avoid)
-        for client in self.lobby._clients.values():
-            self.assertNotIn(busy, [other.peer for other in client.avoid or ()])
-
-    def test_disconnect_forgets_keep_apart(self) -> None:
-        """A client that disconnects is removed from its past partners' keep-apart maps."""
-        a, b = self.peer("a"), self.peer("b")
-        self.lobby.find(a)
-        self.lobby.find(b)
-        self.lobby.report(a)
-        self.lobby.disconnect(b)
-        self.assertIsNone(self.lobby._clients[a].avoid)
-
     def test_disconnect_while_waiting(self) -> None:
         """A waiter who disconnects is never paired afterwards."""
         a, b = self.peer("a"), self.peer("b")
@@ -334,26 +252,6 @@ class CooldownTests(LobbyTestCase):
         self.assertGreater(self.lobby.stats.pairings, 300)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_keep_apart_maps_stay_bounded(self) -> None:
-        """
-        Ended cooldowns are pruned: a client who has met thousands of
-        strangers keeps only about the ones of the last cooldown period.
-        """
-        a = self.peer("a")
-        for i in range(2000):
-            b = self.peer(f"b{i}")
-            self.lobby.find(b)
-            self.lobby.find(a)
-            self.assertIs(self.lobby.partner_of(a), b)
-            self.lobby.leave(a)
-            self.clock.advance(1)
-        avoid = self.lobby._clients[a].avoid
-        assert avoid is not None
-        # 30 s of cooldown at one chat a second, and at most twice that
-        # before the next pruning.
-        self.assertLessEqual(len(avoid), 2 * 31)
-        self.assertGreaterEqual(len(avoid), 30)
-
     def test_retry_moves_earlier(self) -> None:
         """
         A waiter kept from everyone by cooldowns meets the first stranger
@@ -381,30 +279,9 @@ class CooldownTests(LobbyTestCase):
         self.clock.advance(0.1)  # t=30
         self.assertIs(self.lobby.partner_of(a), c)
 
-    def test_one_compatible_waiter_among_hundreds(self) -> None:
-        """
-        However many waiters are kept apart from a newcomer, a pool of up to
-        a thousand is searched in full: the one it may meet is found.
-        """
-        for seed in range(5):
-            self.lobby, self.clock = make_lobby(seed)
-            a, c = self.peer("a"), self.peer("c")
-            kept = [self.peer(f"b{i}") for i in range(300)]
-            clients = [self.lobby._clients[p] for p in [a, c, *kept]]
-            # Everyone is kept apart from everyone, except a and c.
-            for i, one in enumerate(clients):
-                for other in clients[i + 1 :]:
-                    if {one.peer, other.peer} != {a, c}:
-                        one.keep_apart(other, float("inf"), 0.0)
-            for p in [*kept, c]:
-                self.lobby.find(p)
-            self.assertEqual(self.lobby.waiting, 301)
-            self.lobby.find(a)
-            self.assertIs(self.lobby.partner_of(a), c)
-
     def test_zero_cooldown(self) -> None:
         """With no cooldown, the same two can meet again immediately."""
-        self.lobby, self.clock = make_lobby(repeat_cooldown=0.0)
+        self.lobby, self.clock = self.make_lobby(repeat_cooldown=0.0)
         a, b = self.peer("a"), self.peer("b")
         self.lobby.find(a)
         self.lobby.find(b)
@@ -421,7 +298,7 @@ class ReportTests(LobbyTestCase):
         self.lobby.find(b)
         chat = self.chat_of(b)
         b.take()
-        self.assertIs(self.lobby.report(a, "rude"), b)
+        self.assertEqual(self.lobby.report(a, "rude").client_id, "b")
         self.assertEqual(b.take(), [("partner_left", chat)])
         self.lobby.find(a)
         self.lobby.find(b)
@@ -435,7 +312,22 @@ class ReportTests(LobbyTestCase):
         self.lobby.find(a)
         self.lobby.find(b)
         self.lobby.leave(b)
-        self.assertIs(self.lobby.report(a), b)
+        self.assertEqual(self.lobby.report(a).client_id, "b")
+
+    def test_a_partner_counted_once_per_reporter(self) -> None:
+        """One report per reporter and partner; the partner's own report of the reporter counts too."""
+        a, b, c = self.peer("a"), self.peer("b"), self.peer("c")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.assertEqual(self.lobby.report(a, "rude").client_id, "b")
+        self.assertIsNone(self.lobby.report(a, "rude"))
+        self.assertIsNone(self.lobby.report(a))
+        self.assertEqual(self.lobby.stats.reports, 1)
+        self.assertEqual(self.lobby.report(b).client_id, "a")
+        self.lobby.find(a)
+        self.lobby.find(c)
+        self.assertEqual(self.lobby.report(a).client_id, "c")
+        self.assertEqual(self.lobby.stats.reports, 3)
 
     def test_report_nobody(self) -> None:
         """Reporting with no partner ever is refused."""
@@ -516,18 +408,6 @@ class InviteTests(LobbyTestCase):
         b.take()
         self.lobby.create_invite(a)
         self.assertEqual(b.take(), [("partner_left", chat)])
-
-    def test_default_tokens_unguessable(self) -> None:
-        """Without an injected token factory, codes are long URL-safe random strings."""
-        lobby = Lobby(cast(LobbyClock, Clock()))
-        peer = RecordingPeer("a")
-        lobby.connect(peer)
-        codes = {lobby.create_invite(peer) for _ in range(50)}
-        self.assertEqual(len(codes), 50)
-        for code in codes:
-            self.assertGreaterEqual(len(code), 8)
-            self.assertRegex(code, r"^[A-Za-z0-9_-]+$")
-
 
 class ModeTests(LobbyTestCase):
     def test_modes_never_meet(self) -> None:
@@ -691,10 +571,10 @@ class SignalTests(LobbyTestCase):
         self.assertEqual(a.events[-1], ("signal", b"{}"))
 
 
-class LargePoolTests(SynchronousTestCase):
+class LargePoolTests(LobbyTestCase):
     def test_everyone_paired(self) -> None:
         """A thousand strangers arriving one by one all end up in pairs."""
-        lobby, _ = make_lobby()
+        lobby, _ = self.make_lobby()
         peers = [RecordingPeer(str(i)) for i in range(1000)]
         for p in peers:
             lobby.connect(p)
@@ -706,18 +586,130 @@ class LargePoolTests(SynchronousTestCase):
             self.assertIs(lobby.partner_of(cast(RecordingPeer, partner)), p)
 
 
+class MemoryLobbyInternalsTests(SynchronousTestCase):
+    """The in-memory lobby's own structures: bounded, and free of clients that left."""
+
+    def setUp(self) -> None:
+        self.lobby, self.clock = make_memory_lobby()
+
+    def peer(self, name: str) -> RecordingPeer:
+        peer = RecordingPeer(name)
+        self.lobby.connect(peer)
+        return peer
+
+    def test_no_map_keeps_a_client_that_left(self) -> None:
+        """
+        A busy client prunes its ended cooldowns on both sides: when it
+        leaves, a quiet client it once met holds no reference to it.
+        """
+        quiet, busy = self.peer("quiet"), self.peer("busy")
+        self.lobby.find(quiet)
+        self.lobby.find(busy)
+        self.lobby.leave(busy)
+        self.clock.advance(31)
+        for i in range(40):  # enough chats to make busy prune its map
+            other = self.peer(f"o{i}")
+            self.lobby.find(other)
+            self.lobby.find(busy)
+            self.lobby.leave(busy)
+        self.lobby.disconnect(busy)
+        self.assertIsNone(self.lobby._clients[quiet].avoid)
+        for client in self.lobby._clients.values():
+            self.assertNotIn(busy, [other.peer for other in client.avoid or ()])
+
+    def test_disconnect_forgets_keep_apart(self) -> None:
+        """A client that disconnects is removed from its past partners' keep-apart maps."""
+        a, b = self.peer("a"), self.peer("b")
+        self.lobby.find(a)
+        self.lobby.find(b)
+        self.lobby.report(a)
+        self.lobby.disconnect(b)
+        self.assertIsNone(self.lobby._clients[a].avoid)
+
+    def test_keep_apart_maps_stay_bounded(self) -> None:
+        """
+        Ended cooldowns are pruned: a client who has met thousands of
+        strangers keeps only about the ones of the last cooldown period.
+        """
+        a = self.peer("a")
+        for i in range(2000):
+            b = self.peer(f"b{i}")
+            self.lobby.find(b)
+            self.lobby.find(a)
+            self.assertIs(self.lobby.partner_of(a), b)
+            self.lobby.leave(a)
+            self.clock.advance(1)
+        avoid = self.lobby._clients[a].avoid
+        assert avoid is not None
+        # 30 s of cooldown at one chat a second, and at most twice that
+        # before the next pruning.
+        self.assertLessEqual(len(avoid), 2 * 31)
+        self.assertGreaterEqual(len(avoid), 30)
+
+    def test_one_compatible_waiter_among_hundreds(self) -> None:
+        """
+        However many waiters are kept apart from a newcomer, a pool of up to
+        a thousand is searched in full: the one it may meet is found.
+        """
+        for seed in range(5):
+            self.lobby, self.clock = make_memory_lobby(seed)
+            a, c = self.peer("a"), self.peer("c")
+            kept = [self.peer(f"b{i}") for i in range(300)]
+            clients = [self.lobby._clients[p] for p in [a, c, *kept]]
+            # Everyone is kept apart from everyone, except a and c.
+            for i, one in enumerate(clients):
+                for other in clients[i + 1 :]:
+                    if {one.peer, other.peer} != {a, c}:
+                        one.keep_apart(other, float("inf"), 0.0)
+            for p in [*kept, c]:
+                self.lobby.find(p)
+            self.assertEqual(self.lobby.waiting, 301)
+            self.lobby.find(a)
+            self.assertIs(self.lobby.partner_of(a), c)
+
+    def test_default_tokens_unguessable(self) -> None:
+        """Without an injected token factory, codes are long URL-safe random strings."""
+        lobby = Lobby(cast(LobbyClock, Clock()))
+        peer = RecordingPeer("a")
+        lobby.connect(peer)
+        codes = {lobby.create_invite(peer) for _ in range(50)}
+        self.assertEqual(len(codes), 50)
+        for code in codes:
+            self.assertGreaterEqual(len(code), 8)
+            self.assertRegex(code, r"^[A-Za-z0-9_-]+$")
+
+
 modes = st.sampled_from(["text", "video"])
 
 
 class LobbyMachine(RuleBasedStateMachine):
-    """Random sequences of requests, racing in any order, never break the invariants."""
+    """
+    Random sequences of requests, racing in any order, never break the
+    invariants.  The machine keeps its own model of who must be kept apart
+    (a cooldown after each chat, for ever after a report) and of what each
+    waiter asked for, so that it checks the lobby from the outside only.
+    """
+
+    on_redis = False
+    INTEREST_TIMEOUT = 3.0
+    COOLDOWN = 5.0
 
     def __init__(self) -> None:
         super().__init__()
-        self.lobby, self.clock = make_lobby(interest_timeout=3.0, repeat_cooldown=5.0)
+        self.lobby, self.clock, self._close = open_lobby(
+            self.on_redis, interest_timeout=self.INTEREST_TIMEOUT, repeat_cooldown=self.COOLDOWN
+        )
         self.peers: list[RecordingPeer] = []
         self.connected: list[RecordingPeer] = []
         self.codes: list[str] = []
+        # The model: pairs kept apart until when; each client's last partner;
+        # what each waiter asked for, and since when.
+        self.kept: dict[frozenset[RecordingPeer], float] = {}
+        self.last: dict[RecordingPeer, RecordingPeer] = {}
+        self.asked: dict[RecordingPeer, tuple[str, tuple[str, ...], float]] = {}
+
+    def teardown(self) -> None:
+        self._close()
 
     @initialize()
     def start(self) -> None:
@@ -730,6 +722,27 @@ class LobbyMachine(RuleBasedStateMachine):
     def _pick(self, i: int) -> RecordingPeer | None:
         return self.connected[i % len(self.connected)] if self.connected else None
 
+    def _pairs(self) -> dict[RecordingPeer, RecordingPeer]:
+        return {
+            p: cast(RecordingPeer, self.lobby.partner_of(p))
+            for p in self.connected
+            if self.lobby.partner_of(p) is not None
+        }
+
+    def _track(self, request: Callable[[], object]) -> None:
+        """Run C{request}; note the chats it ended (kept apart for the cooldown)."""
+        before = self._pairs()
+        try:
+            request()
+        finally:
+            after = self._pairs()
+            now = self.clock.seconds()
+            for one, other in before.items():
+                if after.get(one) is not other:
+                    self.last[one], self.last[other] = other, one
+                    key = frozenset((one, other))
+                    self.kept[key] = max(self.kept.get(key, 0.0), now + self.COOLDOWN)
+
     @rule(
         i=st.integers(0, 10),
         interests=st.lists(st.sampled_from(["a", "b", "c"]), max_size=2),
@@ -738,23 +751,29 @@ class LobbyMachine(RuleBasedStateMachine):
     def find(self, i: int, interests: list[str], mode: Mode) -> None:
         peer = self._pick(i)
         if peer:
-            self.lobby.find(peer, sorted(set(interests)), mode=mode)
+            wanted = tuple(sorted(set(interests)))
+            self.asked[peer] = (mode, wanted, self.clock.seconds())
+            self._track(lambda: self.lobby.find(peer, list(wanted), mode=mode))
 
     @rule(i=st.integers(0, 10))
     def leave(self, i: int) -> None:
         peer = self._pick(i)
         if peer:
-            self.lobby.leave(peer)
+            self._track(lambda: self.lobby.leave(peer))
 
     @rule(i=st.integers(0, 10))
     def message(self, i: int) -> None:
         peer = self._pick(i)
         if peer:
+            partner = self.lobby.partner_of(peer)
             try:
                 self.lobby.message(peer, "hi")
             except ProtocolError as e:
                 assert e.code == "not_chatting"
-                assert self.lobby.partner_of(peer) is None
+                assert partner is None
+            else:
+                assert partner is not None
+                assert cast(RecordingPeer, partner).events[-1] == ("message", "hi")
 
     @rule(i=st.integers(0, 10))
     def signal(self, i: int) -> None:
@@ -776,23 +795,27 @@ class LobbyMachine(RuleBasedStateMachine):
     def report(self, i: int) -> None:
         peer = self._pick(i)
         if peer:
+            reported = cast("RecordingPeer | None", self.lobby.partner_of(peer)) or self.last.get(peer)
             try:
-                self.lobby.report(peer)
-            except ProtocolError:
-                pass
+                self._track(lambda: self.lobby.report(peer))
+            except ProtocolError as e:
+                assert e.code == "not_chatting" and reported is None
+            else:
+                assert reported is not None
+                self.kept[frozenset((peer, reported))] = float("inf")
 
     @rule(i=st.integers(0, 10), mode=modes)
     def invite(self, i: int, mode: Mode) -> None:
         peer = self._pick(i)
         if peer:
-            self.codes.append(self.lobby.create_invite(peer, mode))
+            self._track(lambda: self.codes.append(self.lobby.create_invite(peer, mode)))
 
     @rule(i=st.integers(0, 10), j=st.integers(0, 10), mode=modes)
     def join(self, i: int, j: int, mode: Mode) -> None:
         peer = self._pick(i)
         if peer and self.codes:
             try:
-                self.lobby.find(peer, invite=self.codes[j % len(self.codes)], mode=mode)
+                self._track(lambda: self.lobby.find(peer, invite=self.codes[j % len(self.codes)], mode=mode))
             except ProtocolError as e:
                 assert e.code == "invite_invalid"
 
@@ -800,8 +823,12 @@ class LobbyMachine(RuleBasedStateMachine):
     def disconnect(self, i: int) -> None:
         peer = self._pick(i)
         if peer:
-            self.lobby.disconnect(peer)
-            self.connected.remove(peer)
+
+            def request() -> None:
+                self.lobby.disconnect(peer)
+                self.connected.remove(peer)
+
+            self._track(request)
 
     @rule()
     def reconnect(self) -> None:
@@ -812,7 +839,7 @@ class LobbyMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([0.1, 0.5, 2.9, 3.0, 4.9, 5.0, 700.0]))
     def wait(self, seconds: float) -> None:
-        self.clock.advance(seconds)
+        self._track(lambda: self.clock.advance(seconds))
 
     @invariant()
     def consistent(self) -> None:
@@ -854,46 +881,54 @@ class LobbyMachine(RuleBasedStateMachine):
                 assert initiator != other_initiator
 
     @invariant()
+    def no_waiters_left_apart(self) -> None:
+        """
+        Two waiters who could meet (same mode, and both open to anyone or
+        sharing an interest) and are not kept apart are never both left waiting.
+        """
+        now = self.clock.seconds()
+        waiters = [p for p in self.connected if self.lobby.state_of(p) is State.WAITING]
+
+        def is_open(peer: RecordingPeer) -> bool:
+            _, interests, since = self.asked[peer]
+            return not interests or now - since >= self.INTEREST_TIMEOUT
+
+        for x in waiters:
+            for y in waiters:
+                if x is y or self.asked[x][0] != self.asked[y][0]:
+                    continue
+                could_meet = (is_open(x) and is_open(y)) or bool(set(self.asked[x][1]) & set(self.asked[y][1]))
+                allowed = self.kept.get(frozenset((x, y)), 0.0) <= now
+                assert not (could_meet and allowed), (x, y)
+
+
+class MemoryLobbyMachine(LobbyMachine):
+    """The same, plus the in-memory lobby's own structures."""
+
+    @invariant()
     def keep_apart_symmetric(self) -> None:
         """Keep-apart maps agree on both sides and name only connected clients."""
-        clients = self.lobby._clients
+        clients = cast(Lobby, self.lobby)._clients
         for client in clients.values():
             for other, until in (client.avoid or {}).items():
                 assert clients.get(other.peer) is other, "a map refers to a client that left"
                 assert other.avoid is not None and other.avoid.get(client) == until
 
-    @invariant()
-    def no_waiters_left_apart(self) -> None:
-        """Two waiters who could meet (both open, or sharing an interest) are never both left waiting."""
-        now = self.clock.seconds()
-        waiters = [
-            self.lobby._clients[p]
-            for p in self.connected
-            if self.lobby.state_of(p) is State.WAITING
-        ]
-        for x in waiters:
-            for y in waiters:
-                could_meet = x.mode == y.mode and (
-                    (x.open and y.open) or bool(set(x.interests) & set(y.interests))
-                )
-                assert not (could_meet and x.compatible(y, now)), (x.peer, y.peer)
 
-    @invariant()
-    def no_open_waiters_left_apart(self) -> None:
-        """Two waiters who accept anyone and are allowed to meet are never both left waiting."""
-        open_waiters = [
-            p
-            for p in self.connected
-            if self.lobby.state_of(p) is State.WAITING and self.lobby._clients[p].open
-        ]
-        for x in open_waiters:
-            for y in open_waiters:
-                one, other = self.lobby._clients[x], self.lobby._clients[y]
-                assert one.mode != other.mode or not one.compatible(other, self.clock.seconds())
+class RedisLobbyMachine(LobbyMachine):
+    on_redis = True
 
 
 class LobbyPropertyTests(SynchronousTestCase):
     def test_invariants(self) -> None:
         """Hypothesis drives random request sequences; invariants hold after every step."""
-        LobbyMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
-        LobbyMachine.TestCase("runTest").runTest()
+        MemoryLobbyMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+        MemoryLobbyMachine.TestCase("runTest").runTest()
+
+    def test_invariants_on_redis(self) -> None:
+        """The same machine against the Redis lobby on a real redis-server."""
+        RedisLobbyMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+        RedisLobbyMachine.TestCase("runTest").runTest()
+
+
+also_on_redis(globals())

@@ -1,0 +1,451 @@
+-- The shared lobby's every state change, one atomic call each (see
+-- chatroulette/redislobby.py and docs/design.md, "The shared lobby").
+--
+-- KEYS[1]: the key prefix, a hash tag such as "{chatroulette}": every key
+-- below starts with it, so all of them live in one Redis Cluster slot.
+-- ARGV: command, calling node, now (the node's clock), random seed
+-- (1 .. 2^31 - 2), repeat cooldown (seconds), then the command's own.
+--
+-- Keys (P = KEYS[1]):
+--   P:c:<id>         hash: one client (node, name, addr, state, mode,
+--                    interests, open, partner, chat, last, reported,
+--                    invite, epoch)
+--   P:n:<node>       set: the node's clients
+--   P:nodes          sorted set: node -> last heartbeat (node's clock)
+--   P:p:<mode>:o     a pool: waiters open to anyone in <mode>
+--   P:p:<mode>:i:<interest>   a pool: waiters with <interest>
+--                    (a pool is two hashes, ":at" index -> id and ":pos"
+--                    id -> index, for O(1) add, remove and random choice)
+--   P:a:<id>         hash: clients kept apart from <id> -> until when
+--   P:i:<code>       string: the inviting client's id
+--   P:counts         hash: online, waiting, chatting (the whole service)
+-- Channel P:ch:<node>: events for the clients of <node>, as JSON.
+--
+-- The result is JSON: {e = the caller's epoch, ev = events for the calling
+-- node's clients, pairs = chats started, counts = {online, waiting,
+-- chatting}, err = an error code, retry = when to match again}.
+
+local P = KEYS[1]
+local cmd = ARGV[1]
+local node = ARGV[2]
+local now = tonumber(ARGV[3])
+local seed = tonumber(ARGV[4])
+local cooldown = tonumber(ARGV[5])
+
+local FOREVER = 1e300
+local PROBES = 8
+local SCAN_LIMIT = 1024
+local PRUNE_MIN = 64
+
+local out = {}
+local pairs_ = {}
+local result = {}
+
+local function rnd()
+  -- Park-Miller: exact in Lua's doubles, seeded by the node.
+  seed = (seed * 16807) % 2147483647
+  return seed / 2147483647
+end
+
+local function ck(id) return P .. ':c:' .. id end
+
+local FIELDS = {'node', 'name', 'addr', 'state', 'mode', 'interests', 'open',
+                'partner', 'chat', 'last', 'reported', 'invite', 'epoch'}
+
+local function load(id)
+  local v = redis.call('HMGET', ck(id), unpack(FIELDS))
+  if not v[1] then return nil end
+  local c = {id = id}
+  for i, f in ipairs(FIELDS) do c[f] = v[i] or '' end
+  c.epoch = tonumber(c.epoch) or 0
+  return c
+end
+
+local function emit(c, ev)
+  ev.id = c.id
+  if c.node == node then
+    table.insert(out, ev)
+  else
+    redis.call('PUBLISH', P .. ':ch:' .. c.node, cjson.encode(ev))
+  end
+end
+
+local function count(state, delta)
+  if state == 'chatting' then
+    redis.call('HINCRBY', P .. ':counts', 'chatting', delta)
+  elseif state ~= 'idle' then
+    redis.call('HINCRBY', P .. ':counts', 'waiting', delta)
+  end
+end
+
+local function set_state(c, state)
+  count(c.state, -1)
+  count(state, 1)
+  c.state = state
+  c.epoch = redis.call('HINCRBY', ck(c.id), 'epoch', 1)
+  redis.call('HSET', ck(c.id), 'state', state)
+end
+
+-- Pools ----------------------------------------------------------------------
+
+local function open_pool(mode) return P .. ':p:' .. mode .. ':o' end
+local function interest_pool(mode, interest) return P .. ':p:' .. mode .. ':i:' .. interest end
+
+local function pool_add(pk, id)
+  if redis.call('HEXISTS', pk .. ':pos', id) == 1 then return end
+  local n = redis.call('HLEN', pk .. ':pos')
+  redis.call('HSET', pk .. ':pos', id, n)
+  redis.call('HSET', pk .. ':at', n, id)
+end
+
+local function pool_del(pk, id)
+  local i = redis.call('HGET', pk .. ':pos', id)
+  if not i then return end
+  redis.call('HDEL', pk .. ':pos', id)
+  local last = redis.call('HLEN', pk .. ':pos')
+  local last_id = redis.call('HGET', pk .. ':at', last)
+  redis.call('HDEL', pk .. ':at', last)
+  if tonumber(i) ~= last then
+    redis.call('HSET', pk .. ':at', i, last_id)
+    redis.call('HSET', pk .. ':pos', last_id, i)
+  end
+end
+
+-- Keeping apart -----------------------------------------------------------------
+
+local function prune(id)
+  local ak = P .. ':a:' .. id
+  local entries = redis.call('HGETALL', ak)
+  for i = 1, #entries, 2 do
+    if tonumber(entries[i + 1]) <= now then
+      redis.call('HDEL', ak, entries[i])
+      redis.call('HDEL', P .. ':a:' .. entries[i], id)
+    end
+  end
+end
+
+local function keep_apart(a, b, untill)
+  for _, pair in ipairs({{a, b}, {b, a}}) do
+    local ak = P .. ':a:' .. pair[1]
+    local old = tonumber(redis.call('HGET', ak, pair[2]) or '0')
+    if untill > old then redis.call('HSET', ak, pair[2], untill) end
+    if redis.call('HLEN', ak) > PRUNE_MIN then prune(pair[1]) end
+  end
+end
+
+local function forget(id)
+  local ak = P .. ':a:' .. id
+  for _, other in ipairs(redis.call('HKEYS', ak)) do
+    redis.call('HDEL', P .. ':a:' .. other, id)
+  end
+  redis.call('DEL', ak)
+end
+
+-- Leaving what one does ------------------------------------------------------------
+
+local function unqueue(c)
+  if c.open == '1' then pool_del(open_pool(c.mode), c.id) end
+  for _, interest in ipairs(cjson.decode(c.interests)) do
+    pool_del(interest_pool(c.mode, interest), c.id)
+  end
+  c.open = '0'
+  redis.call('HSET', ck(c.id), 'open', '0')
+end
+
+local function end_chat(c)
+  local p = load(c.partner)
+  local chat = c.chat
+  redis.call('HSET', ck(c.id), 'partner', '', 'chat', '', 'last', p.id)
+  c.partner, c.chat, c.last = '', '', p.id
+  redis.call('HSET', ck(p.id), 'partner', '', 'chat', '', 'last', c.id)
+  set_state(p, 'idle')
+  if cooldown > 0 then keep_apart(c.id, p.id, now + cooldown) end
+  emit(p, {t = 'left', chat = chat, e = p.epoch})
+end
+
+local function become_idle(c)
+  if c.state == 'waiting' then
+    unqueue(c)
+  elseif c.state == 'inviting' then
+    if c.invite ~= '' then
+      if redis.call('GET', P .. ':i:' .. c.invite) == c.id then
+        redis.call('DEL', P .. ':i:' .. c.invite)
+      end
+      redis.call('HSET', ck(c.id), 'invite', '')
+      c.invite = ''
+    end
+  elseif c.state == 'chatting' then
+    end_chat(c)
+  end
+  if c.state ~= 'idle' then set_state(c, 'idle') end
+end
+
+-- Pairing ----------------------------------------------------------------------
+
+local function pair(one, other, shared, mode, initiator)
+  local chat = string.format('%08x%08x', math.floor(rnd() * 4294967296), math.floor(rnd() * 4294967296))
+  for _, ab in ipairs({{one, other}, {other, one}}) do
+    local a, b = ab[1], ab[2]
+    redis.call('HSET', ck(a.id), 'partner', b.id, 'chat', chat, 'mode', mode)
+    a.partner, a.chat, a.mode = b.id, chat, mode
+    set_state(a, 'chatting')
+  end
+  table.insert(pairs_, {chat = chat, one = one.name, other = other.name, shared = shared, mode = mode})
+  for _, ab in ipairs({{one, other}, {other, one}}) do
+    local a, b = ab[1], ab[2]
+    emit(a, {t = 'paired', e = a.epoch, chat = chat, shared = shared, mode = mode,
+             init = (a.id == initiator.id), pid = b.id, pnode = b.node, pname = b.name, paddr = b.addr})
+  end
+end
+
+local function pick(id, pks)
+  local sizes, total = {}, 0
+  for i, pk in ipairs(pks) do
+    sizes[i] = redis.call('HLEN', pk .. ':pos')
+    total = total + sizes[i]
+  end
+  local ak = P .. ':a:' .. id
+  local blocked = FOREVER
+  for _ = 1, math.min(total, PROBES) do
+    local n = math.floor(rnd() * total)
+    local candidate
+    for i, pk in ipairs(pks) do
+      if n < sizes[i] then
+        candidate = redis.call('HGET', pk .. ':at', n)
+        break
+      end
+      n = n - sizes[i]
+    end
+    if candidate ~= id then
+      local u = redis.call('HGET', ak, candidate)
+      if not u or tonumber(u) <= now then return candidate, blocked end
+      if tonumber(u) < blocked then blocked = tonumber(u) end
+    end
+  end
+  if total > SCAN_LIMIT then return nil, blocked end
+  local candidates, earliest = {}, FOREVER
+  for _, pk in ipairs(pks) do
+    for _, candidate in ipairs(redis.call('HVALS', pk .. ':at')) do
+      if candidate ~= id then
+        local u = redis.call('HGET', ak, candidate)
+        if not u or tonumber(u) <= now then
+          table.insert(candidates, candidate)
+        elseif tonumber(u) < earliest then
+          earliest = tonumber(u)
+        end
+      end
+    end
+  end
+  if #candidates == 0 then return nil, math.min(blocked, earliest) end
+  return candidates[math.floor(rnd() * #candidates) + 1], blocked
+end
+
+local function match(c)
+  local found, blocked = nil, FOREVER
+  local interests = cjson.decode(c.interests)
+  if #interests > 0 then
+    local pks = {}
+    for _, interest in ipairs(interests) do
+      local pk = interest_pool(c.mode, interest)
+      if redis.call('EXISTS', pk .. ':pos') == 1 then table.insert(pks, pk) end
+    end
+    if #pks > 0 then found, blocked = pick(c.id, pks) end
+  end
+  if not found and c.open == '1' then
+    local b
+    found, b = pick(c.id, {open_pool(c.mode)})
+    blocked = math.min(blocked, b)
+  end
+  if not found then
+    if blocked < FOREVER then result.retry = blocked end
+    return false
+  end
+  local p = load(found)
+  local shared = {}
+  if #interests > 0 then
+    local theirs = {}
+    for _, interest in ipairs(cjson.decode(p.interests)) do theirs[interest] = true end
+    for _, interest in ipairs(interests) do
+      if theirs[interest] then table.insert(shared, interest) end
+    end
+    table.sort(shared)
+  end
+  local mode = c.mode
+  become_idle(c)
+  become_idle(p)
+  pair(c, p, shared, mode, p)
+  return true
+end
+
+-- Nodes --------------------------------------------------------------------------
+
+local function disconnect(c)
+  become_idle(c)
+  forget(c.id)
+  redis.call('SREM', P .. ':n:' .. c.node, c.id)
+  redis.call('DEL', ck(c.id))
+  redis.call('HINCRBY', P .. ':counts', 'online', -1)
+end
+
+local function gone(n)
+  -- Every client of node n leaves, telling partners on other nodes.
+  local members = redis.call('SMEMBERS', P .. ':n:' .. n)
+  for _, id in ipairs(members) do
+    local c = load(id)
+    if c then disconnect(c) end
+  end
+  redis.call('DEL', P .. ':n:' .. n)
+  redis.call('ZREM', P .. ':nodes', n)
+  return #members
+end
+
+local function counts()
+  local v = redis.call('HMGET', P .. ':counts', 'online', 'waiting', 'chatting')
+  return {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0')}
+end
+
+-- Commands -----------------------------------------------------------------------
+
+local function with_client(id, f)
+  local c = load(id)
+  if not c then
+    result.err = 'unknown'
+    return
+  end
+  f(c)
+  result.e = c.epoch
+end
+
+if cmd == 'connect' then
+  -- ARGV[6..8]: id, name, address key
+  local id = ARGV[6]
+  if redis.call('EXISTS', ck(id)) == 0 then
+    redis.call('HSET', ck(id), 'node', node, 'name', ARGV[7], 'addr', ARGV[8], 'state', 'idle',
+               'mode', 'text', 'interests', '[]', 'open', '0', 'epoch', 0)
+    redis.call('SADD', P .. ':n:' .. node, id)
+    redis.call('HINCRBY', P .. ':counts', 'online', 1)
+  end
+  result.e = 0
+elseif cmd == 'disconnect' then
+  local c = load(ARGV[6])
+  if c then disconnect(c) end
+elseif cmd == 'find' then
+  -- ARGV[6..8]: id, mode, interests (JSON list)
+  with_client(ARGV[6], function(c)
+    become_idle(c)
+    c.mode, c.interests = ARGV[7], ARGV[8]
+    redis.call('HSET', ck(c.id), 'mode', c.mode, 'interests', c.interests)
+    set_state(c, 'waiting')
+    local interests = cjson.decode(c.interests)
+    if #interests > 0 then
+      for _, interest in ipairs(interests) do pool_add(interest_pool(c.mode, interest), c.id) end
+    else
+      pool_add(open_pool(c.mode), c.id)
+      c.open = '1'
+      redis.call('HSET', ck(c.id), 'open', '1')
+    end
+    if not match(c) then emit(c, {t = 'waiting', e = c.epoch}) end
+  end)
+elseif cmd == 'join' then
+  -- ARGV[6..7]: id, invite code
+  with_client(ARGV[6], function(c)
+    local inviter_id = redis.call('GET', P .. ':i:' .. ARGV[7])
+    local inviter = inviter_id and load(inviter_id)
+    if not inviter or inviter.id == c.id or inviter.state ~= 'inviting' then
+      result.err = 'invite_invalid'
+      return
+    end
+    become_idle(c)
+    become_idle(inviter)
+    pair(inviter, c, {}, inviter.mode, inviter)
+  end)
+elseif cmd == 'leave' then
+  with_client(ARGV[6], become_idle)
+elseif cmd == 'open_up' then
+  with_client(ARGV[6], function(c)
+    if c.state == 'waiting' and c.open ~= '1' then
+      pool_add(open_pool(c.mode), c.id)
+      c.open = '1'
+      redis.call('HSET', ck(c.id), 'open', '1')
+      match(c)
+    end
+  end)
+elseif cmd == 'retry' then
+  with_client(ARGV[6], function(c)
+    if c.state == 'waiting' then match(c) end
+  end)
+elseif cmd == 'invite' then
+  -- ARGV[6..9]: id, mode, code, lifetime (seconds; the key outlives it a
+  -- little: expiry is the node's timer, the TTL only collects garbage)
+  with_client(ARGV[6], function(c)
+    become_idle(c)
+    c.mode, c.invite = ARGV[7], ARGV[8]
+    redis.call('SET', P .. ':i:' .. c.invite, c.id, 'EX', math.floor(tonumber(ARGV[9])) + 60)
+    redis.call('HSET', ck(c.id), 'mode', c.mode, 'invite', c.invite)
+    set_state(c, 'inviting')
+  end)
+elseif cmd == 'expire' then
+  -- ARGV[6..7]: id, code
+  with_client(ARGV[6], function(c)
+    if c.state == 'inviting' and c.invite == ARGV[7] then
+      redis.call('DEL', P .. ':i:' .. c.invite)
+      redis.call('HSET', ck(c.id), 'invite', '')
+      c.invite = ''
+      set_state(c, 'idle')
+      emit(c, {t = 'expired', e = c.epoch, code = ARGV[7]})
+    end
+  end)
+elseif cmd == 'report' then
+  -- ARGV[6..7]: id, the reported client's id
+  with_client(ARGV[6], function(c)
+    local reported = ARGV[7]
+    if c.state == 'chatting' and c.partner == reported then become_idle(c) end
+    redis.call('HSET', ck(c.id), 'reported', reported)
+    if redis.call('EXISTS', ck(reported)) == 1 then keep_apart(c.id, reported, FOREVER) end
+  end)
+elseif cmd == 'heartbeat' then
+  -- ARGV[6]: declare nodes silent for this many seconds dead, and sweep them
+  local known = redis.call('ZSCORE', P .. ':nodes', node)
+  result.known = known and true or false
+  if known then redis.call('ZADD', P .. ':nodes', now, node) end
+  local swept = 0
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', P .. ':nodes', '-inf', now - tonumber(ARGV[6]))) do
+    if n ~= node then
+      gone(n)
+      swept = swept + 1
+    end
+  end
+  result.swept = swept
+elseif cmd == 'gone' then
+  gone(node)
+elseif cmd == 'assert' then
+  -- ARGV[6]: the node's own view, JSON: {clients = [...]}. Whatever Redis
+  -- held for this node goes first (partners elsewhere are told), then the
+  -- node's clients are written back as the node knows them.
+  gone(node)
+  local view = cjson.decode(ARGV[6])
+  for _, v in ipairs(view) do
+    local id = v.id
+    redis.call('HSET', ck(id), 'node', node, 'name', v.name, 'addr', v.addr, 'state', v.state,
+               'mode', v.mode, 'interests', v.interests, 'open', v.open and '1' or '0',
+               'partner', v.partner, 'chat', v.chat, 'last', '', 'reported', '',
+               'invite', v.invite, 'epoch', v.epoch)
+    redis.call('SADD', P .. ':n:' .. node, id)
+    redis.call('HINCRBY', P .. ':counts', 'online', 1)
+    count(v.state, 1)
+    if v.state == 'waiting' then
+      if v.open then pool_add(open_pool(v.mode), id) end
+      for _, interest in ipairs(cjson.decode(v.interests)) do pool_add(interest_pool(v.mode, interest), id) end
+    elseif v.state == 'inviting' then
+      redis.call('SET', P .. ':i:' .. v.invite, id, 'EX', 660)
+    end
+  end
+  redis.call('ZADD', P .. ':nodes', now, node)
+else
+  return redis.error_reply('unknown command ' .. cmd)
+end
+
+result.ev = out
+result.pairs = pairs_
+result.counts = counts()
+return cjson.encode(result)
