@@ -45,9 +45,10 @@ from .lobby import (
     State,
 )
 from .messages import BAD_REQUEST, NOT_CHATTING, TEXT, UNAVAILABLE, VIDEO, Mode, ProtocolError
-from .redislink import RedisLink
+from .redislink import LinkStats, RedisLink
 
 SCRIPT = resources.files(__package__).joinpath("lobby.lua").read_text()
+DEFAULT_PREFIX = "{chatroulette}"
 UNAVAILABLE_TEXT = "The service is briefly unavailable; please try again in a moment."
 _NOBODY = "You are not chatting with anyone."
 
@@ -113,7 +114,7 @@ class RedisLobby:
         repeat_cooldown: float = DEFAULT_REPEAT_COOLDOWN,
         make_token: Callable[[], str] = lambda: secrets.token_urlsafe(9),
         on_pair: Callable[[str, str, str, Sequence[str]], None] | None = None,
-        prefix: str = "{chatroulette}",
+        prefix: str = DEFAULT_PREFIX,
         node: str | None = None,
     ) -> None:
         self._clock = clock
@@ -153,6 +154,10 @@ class RedisLobby:
     @property
     def chatting(self) -> int:
         return self._counts[2]
+
+    @property
+    def link_stats(self) -> LinkStats:
+        return self._link.stats
 
     @property
     def local_counts(self) -> tuple[int, int, int]:

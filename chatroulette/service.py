@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from .internals import graceful_exit
 from .moderation import SQLiteBanStore
 from .protocol import CLOSE_GOING_AWAY, ChatServerFactory
+from .redislink import RedisLink
 
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
@@ -37,17 +38,22 @@ class ChatService(Service):
         store: SQLiteBanStore | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         reactor: object | None = None,
+        redis: RedisLink | None = None,
     ) -> None:
         self.factory = factory
         self.clock = clock
         self.store = store
         self.shutdown_timeout = shutdown_timeout
         self._reactor = reactor
+        self.redis = redis
 
     def startService(self) -> None:
         super().startService()
         self.factory.accepting = True
         self.factory.moderation.load(self.clock.seconds())
+        if self.redis is not None:
+            # The node listens at once; /healthz says 503 until Redis is ready.
+            self.redis.startService()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -77,9 +83,16 @@ class ChatService(Service):
                     protocol.dropConnection(abort=True)
             if self.store is not None:
                 self.store.stop()
+
+        def exit(_: object) -> None:
             if self._reactor is not None and self.factory.hooks.exit_signal:
                 # This stop was graceful and complete: exit with status 0.
                 graceful_exit(self._reactor)
 
         done.addCallback(after)
+        if self.redis is not None:
+            # Every client has left the shared lobby; then this node says goodbye.
+            redis = self.redis
+            done.addCallback(lambda _: redis.stopService())
+        done.addCallback(exit)
         return done

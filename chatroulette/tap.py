@@ -20,7 +20,9 @@ from .ice import DEFAULT_TURN_TTL, IceConfig, check_url
 from .listening import ListeningService
 from .logbudget import CLIENT_TEXT_LIMIT, DEFAULT_BYTES_PER_SECOND, DEFAULT_LINES_PER_SECOND
 from .logsetup import DEFAULT_LEVEL, LEVELS, LogSetup, level_named
-from .lobby import DEFAULT_INTEREST_TIMEOUT, DEFAULT_REPEAT_COOLDOWN, Clock, Lobby
+from .lobby import DEFAULT_INTEREST_TIMEOUT, DEFAULT_REPEAT_COOLDOWN, Clock, ILobby, Lobby
+from .redislink import DEFAULT_DEAD_AFTER, RedisAddress, RedisLink, RedisURLError
+from .redislobby import DEFAULT_PREFIX, RedisLobby
 from .messages import MAX_TEXT_CHARS
 from .moderation import (
     BANS_FILE,
@@ -137,6 +139,22 @@ def _yes_no(name: str) -> Any:
     return coerce
 
 
+def _redis_url(value: str) -> RedisAddress:
+    try:
+        return RedisAddress.parse(value)
+    except RedisURLError as e:
+        raise usage.UsageError(f"--redis: {e}") from e
+
+
+_redis_url.coerceDoc = "A redis://, rediss:// or unix:// URL."  # type: ignore[attr-defined]
+
+
+def _redis_prefix(value: str) -> str:
+    if not re.fullmatch(r"\{[A-Za-z0-9_.:-]{1,64}\}", value):
+        raise usage.UsageError("--redis-prefix must be a hash tag: {name}, with letters, digits and _.:-")
+    return value
+
+
 def _log_level(value: str) -> Any:
     return level_named(value)
 
@@ -152,12 +170,39 @@ class Options(usage.Options):
         "the WebSocket at /ws, health at /healthz and Prometheus metrics at /metrics."
     )
 
-    optParameters = [
+    optParameters: list[list[Any]] = [
         [
             "static",
             None,
             None,
             "Directory of the browser client to serve at / (default: the packaged client).",
+        ],
+        [
+            "redis",
+            None,
+            None,
+            "Run as one node of a cluster: share the lobby with every node using this Redis "
+            "(redis://[user:password@]host[:port][/db], rediss://... for TLS, with "
+            "?ssl_ca_certs=FILE for a private CA, or unix://[user:password@]/path?db=N). "
+            "Default: the lobby is in this process.",
+            _redis_url,
+        ],
+        [
+            "redis-prefix",
+            None,
+            DEFAULT_PREFIX,
+            "Key prefix in Redis (a hash tag, {...}: every key in one Cluster slot); "
+            "services sharing one Redis need different prefixes.",
+            _redis_prefix,
+        ],
+        [
+            "node-dead-after",
+            None,
+            DEFAULT_DEAD_AFTER,
+            "With --redis: seconds after its last heartbeat a node that stopped "
+            "without saying so (crash, power loss) is declared dead and its clients "
+            "leave the lobby.",
+            _seconds("node-dead-after"),
         ],
         [
             "interest-timeout",
@@ -620,13 +665,29 @@ def makeService(options: Options) -> service.MultiService:
         refused_lines=options["refused-log-lines"],
         refused_bytes=options["refused-log-bytes"],
     )
-    lobby = Lobby(
-        cast(Clock, clock),
-        BlockSystemRandom(),
-        interest_timeout=options["interest-timeout"],
-        repeat_cooldown=options["repeat-cooldown"],
-        on_pair=log_pair,
-    )
+    lobby: ILobby
+    link: RedisLink | None = None
+    if options["redis"] is not None:
+        link = RedisLink(options["redis"], reactor, dead_after=options["node-dead-after"])
+        redis_lobby = RedisLobby(
+            cast(Clock, clock),
+            link,
+            BlockSystemRandom(),
+            interest_timeout=options["interest-timeout"],
+            repeat_cooldown=options["repeat-cooldown"],
+            on_pair=log_pair,
+            prefix=options["redis-prefix"],
+        )
+        link.attach_lobby(redis_lobby)
+        lobby = redis_lobby
+    else:
+        lobby = Lobby(
+            cast(Clock, clock),
+            BlockSystemRandom(),
+            interest_timeout=options["interest-timeout"],
+            repeat_cooldown=options["repeat-cooldown"],
+            on_pair=log_pair,
+        )
     store = SQLiteBanStore(options["state-dir"] / BANS_FILE, reactor)  # type: ignore[arg-type]
     moderation = Moderation(
         options["report-ban-threshold"],
@@ -641,6 +702,6 @@ def makeService(options: Options) -> service.MultiService:
     for description in options["listen"]:
         ListeningService(description, site, reactor, WEBSOCKET_PATH).setServiceParent(top)
     ChatService(
-        factory, clock, store, options["shutdown-timeout"], reactor=reactor
+        factory, clock, store, options["shutdown-timeout"], reactor=reactor, redis=link
     ).setServiceParent(top)
     return top

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator, Mapping, cast
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, ITCPTransport, ITransport
 from twisted.python.failure import Failure
@@ -29,6 +29,8 @@ from .logbudget import client_text
 from .messages import BAD_REQUEST, ERROR_CODES, NOT_CHATTING, RATE_LIMITED
 from .internals import hide_address_in_logs
 from .protocol import ChatServerFactory
+from .redislink import LATENCY_BUCKETS
+from .redislobby import RedisLobby
 from .refusal import Refusals
 
 MAX_REQUEST_HEADER_BYTES = 16 * 1024
@@ -201,12 +203,25 @@ class Health(ReadOnly):
         lobby = self._factory.lobby
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
-        body = {
-            "status": "ok",
+        ready = lobby.ready
+        if not ready:
+            # A load balancer routes around a node that cannot reach the shared lobby.
+            request.setResponseCode(503)
+        body: dict[str, object] = {
+            "status": "ok" if ready else "degraded",
             "online": lobby.online,
             "waiting": lobby.waiting,
             "chatting": lobby.chatting,
         }
+        if isinstance(lobby, RedisLobby):
+            online, waiting, chatting = lobby.local_counts
+            body["node"] = {
+                "id": lobby.node,
+                "redis": "ready" if ready else "unavailable",
+                "online": online,
+                "waiting": waiting,
+                "chatting": chatting,
+            }
         return json.dumps(body).encode()
 
 
@@ -283,6 +298,8 @@ class ChatCollector(Collector):
             ERROR_CODES,
             factory.errors,
         )
+        if isinstance(lobby, RedisLobby):
+            yield from _cluster_metrics(lobby)
         yield _by_label(
             "chatroulette_refused",
             "Connections refused or cut off before the WebSocket opened, by reason.",
@@ -290,6 +307,36 @@ class ChatCollector(Collector):
             REFUSAL_REASONS,
             factory.refused,
         )
+
+
+def _cluster_metrics(lobby: RedisLobby) -> Iterator[Metric]:
+    """A cluster node's own figures (the counts above are the whole cluster's)."""
+    stats = lobby.link_stats
+    yield GaugeMetricFamily(
+        "chatroulette_redis_ready", "1 when this node is connected to Redis and ready, else 0.", value=int(lobby.ready)
+    )
+    histogram = HistogramMetricFamily(
+        "chatroulette_redis_latency_seconds", "Round trip of the lobby's Redis script calls."
+    )
+    cumulative, buckets = 0, []
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.latency_buckets):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    histogram.add_metric([], buckets, stats.latency_sum)
+    yield histogram
+    yield CounterMetricFamily(
+        "chatroulette_cross_node_messages",
+        "Messages, typing and signals relayed to a partner on another node.",
+        value=lobby.cross_node_messages,
+    )
+    yield CounterMetricFamily(
+        "chatroulette_redis_reconnects", "Connections to Redis lost (each is reconnected).", value=stats.reconnects
+    )
+    yield CounterMetricFamily(
+        "chatroulette_dead_nodes_swept",
+        "Nodes this node declared dead (no heartbeat) and removed from the lobby.",
+        value=stats.swept,
+    )
 
 
 def _by_label(
