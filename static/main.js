@@ -2,7 +2,7 @@
 // protocol (docs/protocol.md). Server events are JSON objects dispatched on
 // their "type" to the handlers in `events` below.
 
-import { Connection, socketUrl } from "./connection.js";
+import { Connection, backoffDelay, socketUrl } from "./connection.js";
 import { InterestsField, isBlank } from "./interests.js";
 import { ChatLog } from "./log.js";
 import { TitleNotifier } from "./title.js";
@@ -20,6 +20,13 @@ const BURST_GAP_MS = 1500; // messages closer together than this form a burst
 const SIGNAL_RACE_MS = 5000;
 const VIDEO_KEY = "chatroulette.video"; // "on" when video is chosen
 const VIDEO_WARNED_KEY = "chatroulette.videoWarned"; // "yes" once the notice was acknowledged
+
+// Shown while a search or invite refused as `unavailable` (a server of a
+// cluster that lost its shared lobby for a moment) is retried by itself.
+const RETRYING_TEXT = "The service is briefly unavailable. Retrying...";
+const BACK_TEXT = "The service is back. Looking for someone you can chat with...";
+// The states in which a find or invite is on its way or waiting for a match.
+const LOOKING = ["waiting", "inviting", "joining"];
 
 const VIDEO_STATE_TEXT = {
   connecting: "Connecting video...",
@@ -84,6 +91,10 @@ let armed = false; // the leave button says "Really?"
 let reportable = false; // someone to report on this connection, not reported yet
 let savable = false; // the log holds a chat (going on or over) that Save chat can download
 let pending = null; // { frame, status } to send once the socket opens
+let lookingFrame = null; // the last find or invite sent, to send again after `unavailable`
+// The retries of lookingFrame: how many so far, the timer of the next one,
+// and the log line that says so (null: not retrying).
+let retry = { attempt: 0, timer: null, line: null };
 let lastRequest = null; // type of the last request that the server may refuse
 let recentOwn = []; // [{ line, text, at }] your messages of the last few seconds
 let inviteCode = null;
@@ -194,6 +205,7 @@ function render() {
 
 function setState(next) {
   state = next;
+  if (!LOOKING.includes(next)) stopRetrying();
   if (next !== "chatting") {
     armed = false;
     closeCall();
@@ -270,6 +282,7 @@ function videoOff() {
 /** Send a request now, or as soon as the socket opens. */
 function request(frame, status) {
   lastRequest = frame.type;
+  if (frame.type === "find" || frame.type === "invite") lookingFrame = frame;
   if (connection.send(frame)) {
     pending = null;
     if (status) log.status(status);
@@ -282,6 +295,7 @@ function request(frame, status) {
 
 /** Fresh chat screen for a new search or invite. */
 function beginChatScreen() {
+  stopRetrying();
   log.clear();
   typing.reset();
   showTyping(false);
@@ -427,12 +441,25 @@ function refusedMessage(code) {
   const newest = recentOwn.at(-1);
   const previous = recentOwn.at(-2);
   if (!newest || now - newest.at > RECENT_MS) return false;
+  const unavailable = code === "unavailable";
   if (previous && newest.at - previous.at < BURST_GAP_MS) {
-    notify("You're going a bit fast: some of your last messages were not delivered.");
+    if (unavailable) {
+      log.status("Some of your last messages were not delivered: the service is briefly unavailable.", {
+        alert: true,
+      });
+    } else {
+      notify("You're going a bit fast: some of your last messages were not delivered.");
+    }
     return true;
   }
   recentOwn.pop();
   log.markFailed(newest.line, code === "text_too_long" ? "too long" : "try again");
+  if (unavailable) {
+    // Not sent again by itself: the text goes back to the box, to send when the user wants.
+    log.status("Your message was not delivered: the service is briefly unavailable. Try again in a moment.", {
+      alert: true,
+    });
+  }
   if (state === "chatting" && !ui.message.value) {
     ui.message.value = newest.text; // give the text back, to send again
     updateCount();
@@ -448,7 +475,53 @@ export const ERROR_TEXT = {
   bad_request: "The server did not accept that.",
   banned:
     "Several people reported chats from your connection, so you can't start new chats for a while. Please try again later.",
+  unavailable: "The service is briefly unavailable. Please try again in a moment.",
 };
+
+// Retrying a refused search or invite ----------------------------------------------
+
+/** Stop retrying (Stop, a new search, a match, or the answer came). */
+function stopRetrying() {
+  clearTimeout(retry.timer);
+  retry = { attempt: 0, timer: null, line: null };
+}
+
+/**
+ * The search or invite was refused as `unavailable`: say so once, and send it
+ * again after 1 s, 2 s, 4 s ... (at most 30 s, randomised between half and
+ * all of it, as for reconnecting) until it is answered or the user stops.
+ */
+function retryLater() {
+  if (!retry.line) retry.line = log.status(RETRYING_TEXT, { alert: true });
+  clearTimeout(retry.timer);
+  const delay = backoffDelay(retry.attempt);
+  retry.attempt += 1;
+  retry.timer = setTimeout(() => {
+    retry.timer = null;
+    if (LOOKING.includes(state) && lookingFrame) request(lookingFrame, null);
+  }, delay);
+}
+
+/** An `unavailable` error: true if handled here. */
+function unavailable() {
+  if ((lastRequest === "find" || lastRequest === "invite") && state !== "chatting") {
+    // After Stop (or Change interests) there is nothing left to retry or to say.
+    if (LOOKING.includes(state)) retryLater();
+    return true;
+  }
+  if (lastRequest === "report") {
+    // Nothing changed on the server: the chat (if any) goes on there. Leave
+    // it as the user did here, and let them report again in a moment.
+    if (state === "ended") connection.send({ type: "leave" });
+    reportable = true;
+    log.status("Your report was not sent: the service is briefly unavailable. Try again in a moment.", {
+      alert: true,
+    });
+    render();
+    return true;
+  }
+  return lastRequest === "message" && refusedMessage("unavailable");
+}
 
 const events = {
   welcome({ online }) {
@@ -460,12 +533,15 @@ const events = {
   },
 
   waiting() {
-    // Already showing "Looking for someone..." since the request went out.
+    // Already showing "Looking for someone..." since the request went out,
+    // unless a refused search was retried meanwhile.
+    if (state === "waiting" && retry.line) log.status(BACK_TEXT);
+    stopRetrying();
   },
 
   paired(event) {
     const { chat, interests: shared, mode } = event;
-    if (!["waiting", "inviting", "joining"].includes(state)) return; // We already left.
+    if (!LOOKING.includes(state)) return; // We already left.
     const friend = state !== "waiting";
     chatId = chat;
     reportable = true;
@@ -505,6 +581,7 @@ const events = {
 
   invite({ code }) {
     if (state !== "inviting" || typeof code !== "string") return;
+    stopRetrying();
     inviteCode = code;
     const link = new URL(window.location.href);
     link.hash = `invite=${encodeURIComponent(code)}`;
@@ -527,10 +604,11 @@ const events = {
     if (code === "not_chatting" && state !== "chatting" && Date.now() - lastSignalAt < SIGNAL_RACE_MS) {
       return; // our last ICE candidates crossed the end of the chat
     }
+    if (code === "unavailable" && unavailable()) return;
     const text = ERROR_TEXT[code] || (typeof message === "string" && message) || "Something went wrong.";
     notify(text);
     if (lastRequest === "message" && refusedMessage(code)) return;
-    if (["waiting", "inviting", "joining"].includes(state) && lastRequest !== "report") {
+    if (LOOKING.includes(state) && lastRequest !== "report") {
       // The find or invite was refused: nothing is going on.
       setState("ended");
       log.status(text, { alert: true });
@@ -568,7 +646,7 @@ function onLost({ code, delay }) {
   ui.banner.hidden = false;
   if (state === "chatting") {
     endChat("Connection lost: your chat with the stranger has ended.", true);
-  } else if (["waiting", "inviting", "joining"].includes(state) && !pending) {
+  } else if (LOOKING.includes(state) && !pending) {
     const what =
       state === "inviting" ? "Connection lost: your invite link no longer works." : "Connection lost: you stopped looking.";
     setState("ended");

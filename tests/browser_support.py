@@ -5,6 +5,7 @@ and Debian's Chromium driven by Playwright (never Playwright's own download).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Any, Sequence
 
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Error, Locator, Page, Playwright, expect
 
@@ -94,6 +95,35 @@ class ServerProcess:
         if self._output is not None:
             self._output.close()
             self._output = None
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL): a crash, with nothing said to anyone."""
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        process.kill()
+        process.wait()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+    def health(self) -> dict[str, Any]:
+        """The body of C{/healthz}, also when it answers 503 (a cluster node that lost Redis)."""
+        try:
+            with urllib.request.urlopen(self.url + "healthz", timeout=5) as response:
+                body = response.read()
+        except urllib.error.HTTPError as error:
+            body = error.read()
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    def wait_for_health(self, status: str, timeout: float = 15.0) -> None:
+        """Wait until C{/healthz} says C{status} ("ok", or "degraded" while Redis is away)."""
+        deadline = time.monotonic() + timeout
+        while (seen := self.health()["status"]) != status:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"/healthz still says {seen!r}, not {status!r}:\n{self.output()}")
+            time.sleep(0.05)  # polling interval while waiting for the server to notice
 
     def output(self) -> str:
         """What the server logged so far."""
