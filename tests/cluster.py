@@ -57,9 +57,9 @@ async def start_node(redis_url: str, *options: str) -> Node:
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     """Poll C{check} until it is true, failing after C{timeout} seconds."""
-    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+    deadline = reactor.seconds() + timeout
     while not await check():
-        if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+        if reactor.seconds() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         await task.deferLater(reactor, POLL, lambda: None)
 

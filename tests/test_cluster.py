@@ -6,7 +6,7 @@ Redis fail the way docs/operations.md says.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
@@ -18,10 +18,10 @@ from .redis_server import RedisServer
 
 
 @pytest.fixture
-def redis() -> AsyncIterator[RedisServer]:
+def redis() -> Iterator[RedisServer]:
     server = RedisServer()
     server.start()
-    yield server  # type: ignore[misc]
+    yield server
     server.cleanup()
 
 
@@ -120,11 +120,11 @@ async def test_killed_node_declared_dead(redis: RedisServer) -> None:
         waiter.send_json(type="find", interests=["chess"])
         await waiter.next("waiting")
         one.kill("KILL")
-        before = reactor.seconds()  # type: ignore[attr-defined]
+        before = reactor.seconds()
         left = b.queue.get()
         left.addTimeout(10, reactor)
         assert await left == {"type": "partner_left", "chat": chat}
-        assert reactor.seconds() - before < 6  # type: ignore[attr-defined]
+        assert reactor.seconds() - before < 6
         c = await two.client()
         c.send_json(type="find", interests=["chess"])
         assert (await answer(c))["type"] == "waiting", "paired with a client of a dead node"
