@@ -220,3 +220,51 @@ async def test_node_started_before_redis(redis: RedisServer) -> None:
         assert (await answer(client))["type"] == "waiting"
     finally:
         node.kill()
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["password", "user", "unix", "tls"],
+)
+@pytest_twisted.ensureDeferred
+async def test_redis_url_forms(form: str) -> None:
+    """Each --redis URL form operators may use: a password, an ACL user, a Unix socket, TLS."""
+    server = {
+        "password": lambda: RedisServer(password="s3cret"),
+        "user": lambda: RedisServer(password="other", user=("chat", "p4ss")),
+        "unix": lambda: RedisServer(password="s3cret"),
+        "tls": lambda: RedisServer(tls=True),
+    }[form]()
+    server.start()
+    node = await start_node(server.unix_url if form == "unix" else server.url)
+    try:
+        await ready(node)
+        a, b = await node.client(), await node.client()
+        await pair(a, b)
+        assert "s3cret" not in node.output() and "p4ss" not in node.output()
+    finally:
+        node.kill()
+        server.cleanup()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_never_ready() -> None:
+    """A node that Redis refuses stays degraded (503) and says why, without the password."""
+    server = RedisServer(password="right")
+    server.start()
+    url = server.url.replace(":right@", ":wrong@")
+    node = await start_node(url)
+    try:
+        await eventually(
+            lambda: _logged(node, "could not auth"), 10, "the refused login is logged"
+        )
+        code, health = await node.health()
+        assert (code, health["status"]) == (503, "degraded")
+        assert "wrong" not in node.output()
+    finally:
+        node.kill()
+        server.cleanup()
+
+
+async def _logged(node: Node, text: str) -> bool:
+    return text in node.output()
