@@ -36,7 +36,10 @@ class RedisServer:
         self.password = password
         self.user = user
         self.tls = tls
-        self.key, self.cert = make_certificate(self.dir) if tls else (None, None)
+        self.key: Path | None = None
+        self.cert: Path | None = None
+        if tls:
+            self.key, self.cert = make_certificate(self.dir)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
