@@ -314,6 +314,7 @@ local function with_client(id, f)
   end
   f(c)
   result.e = c.epoch
+  result.s = c.state
 end
 
 if cmd == 'connect' then
@@ -416,6 +417,8 @@ elseif cmd == 'heartbeat' then
     end
   end
   result.swept = swept
+elseif cmd == 'counts' then
+  -- nothing to change: the counts come with every answer
 elseif cmd == 'gone' then
   gone(node)
 elseif cmd == 'assert' then

@@ -173,7 +173,12 @@ class RedisLobby:
         return self._clients[peer].partner_peer
 
     def flush(self) -> Deferred[None]:
-        """Fires once every call made so far has been answered and every event published before has arrived."""
+        """
+        Fires once every call made so far has been answered, every event
+        published before has arrived, and the counts are the service's now.
+        """
+        if self._link.ready:
+            self._call("counts", None)
         return self._link.flush()
 
     # Requests ---------------------------------------------------------------
@@ -227,6 +232,8 @@ class RedisLobby:
         code = self._make_token()
         local.invite = code
         local.mode = mode
+        local.state = _INVITING
+        local.timers.append(self._clock.callLater(INVITE_LIFETIME, self._expire, local, code))
         self._call("invite", local, local.id, mode, code, INVITE_LIFETIME)
         return code
 
@@ -313,11 +320,21 @@ class RedisLobby:
             self._link.reassert()
             return
         epoch = result.get("e")
-        if epoch is not None and epoch > local.epoch:
-            local.epoch = epoch
-        if command == "invite" and local.state is _IDLE and local.invite:
-            local.state = _INVITING
-            local.timers.append(self._clock.callLater(INVITE_LIFETIME, self._expire, local, local.invite))
+        state = result.get("s")
+        if epoch is None or epoch < local.epoch:
+            return  # an event newer than this answer arrived already
+        local.epoch = epoch
+        if state is not None:
+            # The last answer is the truth: what this node did at once (leave,
+            # invite) or heard in between gives way to it.
+            new = _STATES[state]
+            if new is not _CHATTING and local.state is _CHATTING:
+                self._end_locally(local, tell_partner=False)
+            if new is not _INVITING:
+                local.invite = ""
+            local.state = new
+            if new is _IDLE:
+                local.stop_timers()
         retry = result.get("retry")
         if retry is not None and local.state is _WAITING:
             delay = max(0.0, float(retry) - self._clock.seconds())
