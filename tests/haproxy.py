@@ -102,10 +102,6 @@ class HAProxy:
         return self.directory / "admin.sock"
 
     @property
-    def pidfile(self) -> Path:
-        return self.directory / "haproxy.pid"
-
-    @property
     def log(self) -> str:
         """What HAProxy wrote (its alerts and the nodes' state changes)."""
         path = self.directory / "haproxy.log"
@@ -122,8 +118,9 @@ class HAProxy:
         )
         with open(self.directory / "haproxy.log", "wb") as log:
             self.process = subprocess.Popen(
-                # -db: in the foreground, not as a daemon (its PID is ours to stop).
-                [HAPROXY, "-db", "-f", str(CONFIG), "-f", str(additions), "-p", str(self.pidfile)],
+                # -db: in the foreground, one process, not a daemon: the PID we
+                # started is HAProxy's (a pidfile is only written when it forks).
+                [HAPROXY, "-db", "-f", str(CONFIG), "-f", str(additions)],
                 cwd=self.directory,
                 env={**os.environ, **environment(self.port, self.node_ports)},
                 stdin=subprocess.DEVNULL,
@@ -180,10 +177,6 @@ class HAProxy:
     def states(self) -> dict[str, str]:
         """Each node's health as HAProxy sees it: C{UP}, C{DOWN}, or a transition (C{UP 1/2}...)."""
         return {name: row["status"] for name, row in self.stats().items()}
-
-    def pid(self) -> int:
-        """The PID HAProxy wrote to its pidfile."""
-        return int(self.pidfile.read_text().split()[0])
 
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL if it does not end; the temporary directory goes too."""

@@ -201,6 +201,10 @@ async def test_welcome_through_haproxy() -> None:
         assert welcome == {"type": "welcome", "online": 1}
         assert sorted(await c.onlines()) == [0, 1]
         close_all([client])
+        haproxy = c.proxy.process
+        assert haproxy is not None
+    # Stopped by its PID with the cluster.
+    assert haproxy.poll() is not None
 
 
 @pytest_twisted.ensureDeferred
