@@ -24,6 +24,7 @@ import sys
 import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, cast
 
@@ -38,6 +39,7 @@ from chatroulette.load import ClientConfig, run_relay
 
 from .haproxy import CONFIG, HAProxy, check_config, environment, proxy_line
 from .hostile import handshake
+from .redis_server import RedisServer
 from .loopback import QueueClient, RawClient, open_client, read_body
 from .ports import free_port
 from .process import ROOT, TWISTD, ServerProcess, start
@@ -498,3 +500,42 @@ async def test_unit_command_line_serves() -> None:
         assert Path(state, "chatroulette", str(port)).is_dir()
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+# With a shared lobby ---------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_chats_through_haproxy_across_nodes() -> None:
+    """
+    The whole recipe: redis-server, two nodes sharing it, HAProxy in front.
+    Two strangers through the one address land on different nodes and chat
+    with each other, both ways.
+    """
+    with RedisServer() as redis:
+        async with cluster("--redis", redis.url) as c:
+            for node in c.nodes:
+                await eventually(partial(_ready, node), "the node is ready (Redis)")
+            first = await welcomed(c.proxy.url)
+            second = await welcomed(c.proxy.url)
+            locals_ = []
+            for node in c.nodes:
+                _, body = await node.health()
+                assert body is not None
+                locals_.append(cast(dict[str, int], body["node"])["online"])
+            assert locals_ == [1, 1], "the two strangers are on different nodes"
+            first.send_json(type="find")
+            assert (await first.next("waiting"))["type"] == "waiting"
+            second.send_json(type="find")
+            chat = (await second.next("paired"))["chat"]
+            assert (await first.next("paired"))["chat"] == chat
+            first.send_json(type="message", text="hello from node 1")
+            assert (await second.next("message"))["text"] == "hello from node 1"
+            second.send_json(type="message", text="and from node 2")
+            assert (await first.next("message"))["text"] == "and from node 2"
+            close_all([first, second])
+
+
+async def _ready(node: Node) -> bool:
+    code, _ = await node.health()
+    return code == 200
