@@ -30,6 +30,7 @@ from .moderation import (
     DEFAULT_REPORT_BAN_THRESHOLD,
     DEFAULT_REPORT_WINDOW,
     Moderation,
+    SharedModeration,
     SQLiteBanStore,
 )
 from .protocol import ChatServerFactory, log_pair
@@ -666,9 +667,17 @@ def makeService(options: Options) -> service.MultiService:
         refused_bytes=options["refused-log-bytes"],
     )
     lobby: ILobby
+    moderation: Moderation
     link: RedisLink | None = None
+    store: SQLiteBanStore | None = None
     if options["redis"] is not None:
         link = RedisLink(options["redis"], reactor, dead_after=options["node-dead-after"])
+        shared = SharedModeration(
+            lambda *report: redis_lobby.report_address(*report),
+            options["report-ban-threshold"],
+            options["report-window"],
+            options["ban-seconds"],
+        )
         redis_lobby = RedisLobby(
             cast(Clock, clock),
             link,
@@ -677,9 +686,10 @@ def makeService(options: Options) -> service.MultiService:
             repeat_cooldown=options["repeat-cooldown"],
             on_pair=log_pair,
             prefix=options["redis-prefix"],
+            on_ban=shared.ban,
         )
         link.attach_lobby(redis_lobby)
-        lobby = redis_lobby
+        lobby, moderation = redis_lobby, shared
     else:
         lobby = Lobby(
             cast(Clock, clock),
@@ -688,13 +698,13 @@ def makeService(options: Options) -> service.MultiService:
             repeat_cooldown=options["repeat-cooldown"],
             on_pair=log_pair,
         )
-    store = SQLiteBanStore(options["state-dir"] / BANS_FILE, reactor)  # type: ignore[arg-type]
-    moderation = Moderation(
-        options["report-ban-threshold"],
-        options["report-window"],
-        options["ban-seconds"],
-        store,
-    )
+        store = SQLiteBanStore(options["state-dir"] / BANS_FILE, reactor)  # type: ignore[arg-type]
+        moderation = Moderation(
+            options["report-ban-threshold"],
+            options["report-window"],
+            options["ban-seconds"],
+            store,
+        )
     factory = ChatServerFactory(
         lobby, clock, options.settings(), moderation=moderation, ice=options.ice()
     )

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from .cluster import Node, eventually, ready, start_node
-from .loopback import QueueClient
+from .loopback import QueueClient, open_client
 from .redis_server import RedisServer
 
 
@@ -268,3 +268,37 @@ async def test_wrong_password_never_ready() -> None:
 
 async def _logged(node: Node, text: str) -> bool:
     return text in node.output()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bans_are_the_clusters(redis: RedisServer) -> None:
+    """
+    Reports counted on two nodes ban an address on both: its waiter on the
+    other node is taken out of the queue, and its finds anywhere are refused.
+    """
+    options = ("--trust-proxy-headers", "--report-ban-threshold", "2")
+    one, two = started = await nodes(redis, 2, *options)
+
+    async def client(node: Node, address: str) -> QueueClient:
+        return await open_client(node.url, headers={"X-Forwarded-For": address})
+
+    try:
+        villain = await client(one, "203.0.113.9")
+        elsewhere = await client(two, "203.0.113.9")
+        elsewhere.send_json(type="find", mode="video")
+        await elsewhere.next("waiting")
+        for reporter_node, address in ((two, "198.51.100.1"), (one, "198.51.100.2")):
+            reporter = await client(reporter_node, address)
+            await pair(villain, reporter)
+            reporter.send_json(type="report", reason="rude")
+            await villain.next("partner_left")
+        error = await elsewhere.next("error")
+        assert error["code"] == "banned"
+        for who in (villain, elsewhere):
+            who.send_json(type="find")
+            assert (await answer(who))["code"] == "banned"
+        bystander = await client(two, "192.0.2.1")
+        bystander.send_json(type="find")
+        assert (await bystander.next())["type"] in ("welcome", "waiting")
+    finally:
+        stop_all(started)
