@@ -65,7 +65,10 @@ def install(out: str) -> None:
 
     def dump() -> None:
         with open(out, "w") as f:
-            json.dump({"started": started, "collections": collections, "stalls": stalls}, f)
+            ended = {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}
+            json.dump(
+                {"started": started, "ended": ended, "collections": collections, "stalls": stalls}, f
+            )
 
     atexit.register(dump)
     # After twistd has installed its reactor: the first reactor import happens

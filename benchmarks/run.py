@@ -23,6 +23,8 @@ Servers:
                          and churn scenarios exceed them by design, all from one address)
     chatroulette-twistd  this checkout under twistd with production defaults:
                          twistd -n chatroulette --listen tcp:PORT:interface=127.0.0.1
+    chatroulette-untuned the same with the collector left as CPython sets it (gcprobe.py
+                         --untuned: chatroulette/tuning.py's collector settings skipped)
     node-ws              peers/node_ws.js (Node, ws)
     websockets           peers/py_websockets.py (Python, websockets)
 
@@ -69,8 +71,13 @@ SERVERS: dict[str, list[str]] = {
         "--listen", "tcp:{port}:interface=127.0.0.1",
     ],
 }
+# The same under gcprobe.py --untuned: the collector as CPython sets it (before tuning.py).
+SERVERS["chatroulette-untuned"] = [
+    PYTHON, os.path.join(HERE, "gcprobe.py"), "chatroulette-untuned.gc.json", "--untuned", "--",
+    *SERVERS["chatroulette-twistd"][1:],
+]
 
-# The loads, as loadgen.js arguments.  "figure" is the CPU-per-unit figure each gives.
+# The loads, as loadgen.js arguments.
 SCENARIOS: dict[str, list[str]] = {
     "rate": ["--mode", "rate", "--pairs", "1000", "--rate", "2.5", "--duration", "6", "--warmup", "2"],
     "relay": ["--mode", "relay", "--pairs", "100", "--window", "8", "--duration", "6"],
@@ -256,8 +263,8 @@ def run_server(
 def collector_summary(probe: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """The probe's collections and reactor stalls inside the measured window."""
     t0, t1 = result.get("window_start", 0), result.get("window_end", float("inf"))
-    out: dict[str, Any] = {"threshold": probe["started"].get("threshold"),
-                           "frozen": probe["started"].get("frozen")}
+    out: dict[str, Any] = {"threshold": probe["ended"].get("threshold"),
+                           "frozen": probe["ended"].get("frozen")}
     for gen in (0, 1, 2):
         ms = [c[2] for c in probe["collections"] if t0 <= c[0] <= t1 and c[1] == gen]
         out[f"gen{gen}"] = {"count": len(ms), "total_ms": round(sum(ms), 1),
@@ -443,6 +450,8 @@ def compare(args: argparse.Namespace) -> str:
 
 
 def big(args: argparse.Namespace) -> str:
+    if args.duration:
+        SCENARIOS["big"][SCENARIOS["big"].index("--duration") + 1] = str(args.duration)
     if args.pairs:
         i = SCENARIOS["big"].index("--pairs")
         SCENARIOS["big"][i + 1] = str(args.pairs)
@@ -451,7 +460,7 @@ def big(args: argparse.Namespace) -> str:
     if args.gc_probe:
         probe = [PYTHON, os.path.join(HERE, "gcprobe.py")]
         for name, argv in servers.items():
-            if name.startswith(US) and os.path.basename(argv[0]) == "twistd":
+            if os.path.basename(argv[0]) == "twistd":
                 servers[name] = [*probe, f"{name}.gc.json", *args.probe_options, "--", *argv[1:]]
     raw = args.raw or os.path.join(RESULTS, "big.jsonl")
     runs = load(args.from_raw) if args.from_raw else runs_of(servers, ["big"], args.runs, raw, "big")
@@ -468,6 +477,24 @@ def big(args: argparse.Namespace) -> str:
             f" / {fmt(figure(r, 'big', 'max_ms'))}" for r in rows
         ]
         lines.append(f"- run {i + 1}: " + "; ".join(cells))
+    probed = [(i, r) for i, rows in enumerate(runs) for r in rows if "gc" in r]
+    if probed:
+        lines += [
+            "", "Collector and reactor (gcprobe.py), in the measured window unless said:", "",
+            "| run | server | thresholds | frozen objects | gen0 passes (max ms) | gen1 passes (max ms) "
+            "| gen2 passes (ms each) | reactor stalls > 20 ms (max ms) | gen2 passes, whole run (s from window start: ms) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for i, r in probed:
+            g = r["gc"]
+            window = [f"{ms:.0f}" for t, ms in g["gen2_all_run"] if 0 <= t <= r["big"]["window_end"] - r["big"]["window_start"]]
+            whole = ", ".join(f"{t:+.0f}: {ms:.0f}" for t, ms in g["gen2_all_run"])
+            lines.append(
+                f"| {i + 1} | {r['server']} | {tuple(g['threshold'])} | {g['frozen']} "
+                f"| {g['gen0']['count']} ({g['gen0']['max_ms']}) | {g['gen1']['count']} ({g['gen1']['max_ms']}) "
+                f"| {g['gen2']['count']} ({', '.join(window) or '-'}) "
+                f"| {g['stalls_over_20ms']} ({g['stall_max_ms']}) | {whole} |"
+            )
     return "\n".join(lines)
 
 
@@ -485,6 +512,7 @@ def main() -> None:
     q.add_argument("--only", default="chatroulette-twistd,node-ws")
     q.add_argument("--baselines", default="node-ws")
     q.add_argument("--pairs", type=int, help="pairs instead of 9,500 (to try the harness)")
+    q.add_argument("--duration", type=int, help="measured seconds instead of 20")
     q.add_argument("--gc-probe", action="store_true",
                    help="run our twistd servers under gcprobe.py (GC and stall timings, in results/)")
     q.add_argument("--probe-option", dest="probe_options", action="append", default=[],
@@ -507,11 +535,14 @@ def main() -> None:
         args = argparse.Namespace(
             runs=args.runs, server=[], raw=None, from_raw=None, ours=None, gc_probe=True,
             probe_options=[], only=None, baselines=None, scenarios="rate,relay,churn,idle", pairs=None,
+            duration=None,
         )
         text = compare(argparse.Namespace(**{**vars(args), "only": "node-ws,websockets,chatroulette",
                                              "baselines": "websockets,node-ws", "ours": US}))
-        text += "\n\n" + big(argparse.Namespace(**{**vars(args), "only": "chatroulette-twistd,node-ws",
-                                                   "baselines": "node-ws", "ours": "chatroulette-twistd"}))
+        text += "\n\n" + big(argparse.Namespace(**{**vars(args),
+                                                   "only": "chatroulette-twistd,node-ws,chatroulette-untuned",
+                                                   "baselines": "node-ws,chatroulette-untuned",
+                                                   "ours": "chatroulette-twistd"}))
     elif args.command == "compare":
         args.ours = args.ours or US
         text = compare(args)
