@@ -35,6 +35,7 @@ from .moderation import (
 )
 from .protocol import ChatServerFactory, log_pair
 from .settings import Settings
+from . import tuning
 from .randomness import BlockSystemRandom
 from .service import DEFAULT_SHUTDOWN_TIMEOUT, ChatService
 from .web import DEFAULT_HTTP_IDLE_TIMEOUT, WEBSOCKET_PATH, build_site, default_static_dir
@@ -598,6 +599,8 @@ class Options(usage.Options):
         self["state-dir"] = state
 
     def _check_max_connections(self) -> None:
+        if tuning.running_as_program(self):
+            tuning.raise_open_file_limit()
         limit = open_file_limit()
         most = default_max_connections(limit)
         if self["max-connections"] is None:
@@ -714,4 +717,6 @@ def makeService(options: Options) -> service.MultiService:
     ChatService(
         factory, clock, store, options["shutdown-timeout"], reactor=reactor, redis=link
     ).setServiceParent(top)
+    if tuning.running_as_program(options):
+        reactor.callWhenRunning(tuning.tune_collector)
     return top
