@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """
-Reproduce the side-by-side comparison in C{benchmarks/RESULTS.md}.
+The side-by-side comparison of C{benchmarks/RESULTS.md}'s older sections, on
+this repository's harness (C{run.py}, with its reference peers in C{peers/}).
 
-Runs the side-by-side harness (C{bench.py}, with its reference peers) N times
-in one go, each time against the peers and this checkout's server (started by
+Runs every server N times in one go (this checkout's server started by
 C{benchmarks/serve.sh}), then prints the medians and the ratios of our server
-to C{seed001-autobahn} and to C{websockets} as Markdown.
+to the baselines as Markdown.
 
-    python3 benchmarks/compare.py --bench /path/to/bench.py [--runs 3] [--out table.md]
+    python3 benchmarks/compare.py [--runs 3] [--out table.md]
 
 C{--server NAME=CMD} adds another server to every run (e.g. an older
 checkout's C{serve.sh}), and C{--baselines} chooses the servers to give our
 ratios against (the median of the same-run ratios, with each run's ratio).
-
-The harness location can also come from C{CHATROULETTE_BENCH}.  Raw results
-(one JSON line per server per run) go to C{--raw} if given.
+Raw results (one JSON line per server per run) go to C{--raw} if given.
+C{python3 benchmarks/run.py compare} is the same comparison with run.py's
+own tables; this script keeps the older sections' table layout.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import argparse
 import datetime
 import json
 import os
-import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -31,8 +31,11 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import run as harness  # noqa: E402  (benchmarks/run.py)
+
 US = "chatroulette"
-BASELINES = ("seed001-autobahn", "websockets")
+BASELINES = ("websockets", "node-ws")
 
 # (scenario, key, column title, lower is better)
 METRICS = [
@@ -54,26 +57,22 @@ RATIOS = [
 ]
 
 
-def raise_open_files() -> None:
-    """The idle scenario holds 5000 connections: lift the soft open-files limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def run_bench(
-    bench: str, only: str | None, scenarios: str, servers: list[str] = []
+    only: str | None, scenarios: str, servers: list[str] = [], run: int = 0
 ) -> list[dict[str, Any]]:
-    cmd = [
-        sys.executable, bench, "--json", "--scenarios", scenarios,
-        "--project-cmd", f"{HERE}/serve.sh {{port}}",
-    ]
+    """One run of every server through the scenarios (in run.py's processes and loads)."""
+    chosen = dict(harness.SERVERS)
+    chosen.pop("chatroulette-twistd")
     for spec in servers:
-        cmd += ["--server", spec]
+        name, _, cmd = spec.partition("=")
+        chosen[name] = shlex.split(cmd)
     if only:
-        cmd += ["--only", only]
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT).stdout
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        chosen = {k: v for k, v in chosen.items() if k in only.split(",")}
+    names = list(chosen) if run % 2 == 0 else list(reversed(chosen))
+    return [
+        harness.run_server(name, chosen[name], scenarios.split(","), f"compare-{run}")
+        for name in names
+    ]
 
 
 def value(row: dict[str, Any], scenario: str, key: str) -> float | None:
@@ -174,13 +173,12 @@ def table(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--bench", default=os.environ.get("CHATROULETTE_BENCH"), help="path to bench.py")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", help="comma-separated servers (default: all peers and chatroulette)")
     parser.add_argument("--scenarios", default="relay,rate,churn,idle")
     parser.add_argument(
         "--server", action="append", default=[], metavar="NAME=CMD",
-        help="one more server for bench.py (repeatable), e.g. another checkout's serve.sh",
+        help="one more server (repeatable, a command with {port}), e.g. another checkout's serve.sh",
     )
     parser.add_argument(
         "--baselines", default=",".join(BASELINES),
@@ -200,12 +198,10 @@ def main() -> None:
                 by_run.setdefault(row.pop("run", 0), []).append(row)
         runs = list(by_run.values())
     else:
-        if not args.bench:
-            parser.error("--bench (or CHATROULETTE_BENCH) must point at bench.py")
-        raise_open_files()
+        harness.setup()
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs}...", file=sys.stderr, flush=True)
-            rows = run_bench(args.bench, args.only, args.scenarios, args.server)
+            rows = run_bench(args.only, args.scenarios, args.server, i)
             runs.append(rows)
             if args.raw:
                 with open(args.raw, "a") as f:

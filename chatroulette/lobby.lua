@@ -314,6 +314,7 @@ local function with_client(id, f)
   end
   f(c)
   result.e = c.epoch
+  result.s = c.state
 end
 
 if cmd == 'connect' then
@@ -416,6 +417,25 @@ elseif cmd == 'heartbeat' then
     end
   end
   result.swept = swept
+elseif cmd == 'report_addr' then
+  -- ARGV[6..10]: reporter's address key, reported address key, threshold,
+  -- window and ban (seconds).  A ban goes to every node's channel.
+  local rk = P .. ':r:' .. ARGV[7]
+  redis.call('ZADD', rk, now, ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - tonumber(ARGV[9]))
+  redis.call('EXPIRE', rk, math.ceil(tonumber(ARGV[9])) + 60)
+  if redis.call('ZCARD', rk) >= tonumber(ARGV[8]) then
+    redis.call('DEL', rk)
+    local untill = now + tonumber(ARGV[10])
+    redis.call('HSET', P .. ':bans', ARGV[7], untill)
+    result.ban = untill
+    local ev = cjson.encode({t = 'ban', addr = ARGV[7], ['until'] = untill})
+    for _, n in ipairs(redis.call('ZRANGE', P .. ':nodes', 0, -1)) do
+      redis.call('PUBLISH', P .. ':ch:' .. n, ev)
+    end
+  end
+elseif cmd == 'counts' then
+  -- nothing to change: the counts come with every answer
 elseif cmd == 'gone' then
   gone(node)
 elseif cmd == 'assert' then
@@ -441,6 +461,17 @@ elseif cmd == 'assert' then
     end
   end
   redis.call('ZADD', P .. ':nodes', now, node)
+  -- The bans in force, for the node's own copy.
+  local bans = {}
+  local entries = redis.call('HGETALL', P .. ':bans')
+  for i = 1, #entries, 2 do
+    if tonumber(entries[i + 1]) <= now then
+      redis.call('HDEL', P .. ':bans', entries[i])
+    else
+      bans[entries[i]] = tonumber(entries[i + 1])
+    end
+  end
+  result.bans = bans
 else
   return redis.error_reply('unknown command ' .. cmd)
 end

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Final, Protocol, cast
+from typing import Callable, Final, Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
@@ -64,6 +64,14 @@ class Moderation:
         self.bans: dict[str, float] = {}
         self._reports: dict[str, dict[str, float]] = {}
         self._prune_at = 1024
+        self._watchers: list[Callable[[str, float], None]] = []
+
+    def watch(self, banned: Callable[[str, float], None]) -> None:
+        """
+        Be told of bans decided elsewhere (by other nodes of a cluster: see
+        L{SharedModeration}); a ban returned by L{report} is not told again.
+        """
+        self._watchers.append(banned)
 
     def load(self, now: float) -> None:
         """Read the bans still in force from the store (at startup)."""
@@ -110,6 +118,37 @@ class Moderation:
         for key in [k for k, until in self.bans.items() if until <= now]:
             del self.bans[key]
         self._prune_at = max(1024, 2 * len(self._reports))
+
+
+class SharedModeration(Moderation):
+    """
+    Reports and bans for a cluster (C{--redis}): reports are counted in Redis
+    for the whole service and a ban reaches every node (L{ban}, called by the
+    shared lobby), which keeps its own copy to check at once.  Bans live in
+    Redis only (no file).
+    """
+
+    def __init__(
+        self,
+        report_to: Callable[[str, str, int, float, float], None],
+        threshold: int = DEFAULT_REPORT_BAN_THRESHOLD,
+        window: float = DEFAULT_REPORT_WINDOW,
+        ban_seconds: float = DEFAULT_BAN_SECONDS,
+    ) -> None:
+        super().__init__(threshold, window, ban_seconds)
+        self._report_to = report_to
+
+    def report(self, reporter: str, reported: str, now: float) -> float | None:
+        """Sent to Redis: a ban, if due, arrives through L{ban} on every node."""
+        if self.threshold and reporter != reported:
+            self._report_to(reporter, reported, self.threshold, self.window, self.ban_seconds)
+        return None
+
+    def ban(self, key: str, until: float) -> None:
+        if until > self.bans.get(key, 0.0):
+            self.bans[key] = until
+            for banned in self._watchers:
+                banned(key, until)
 
 
 class SQLiteBanStore:

@@ -402,6 +402,7 @@ class ChatServerFactory(WebSocketServerFactory):
         self.ice = ice
         self.hooks = hooks if hooks is not None else Hooks.detect(settings.fast_path)
         self.moderation = moderation if moderation is not None else Moderation()
+        self.moderation.watch(self._banned_elsewhere)
         self.ids = ClientIds(settings.log_addresses)
         self.admission = Admission(settings, clock, self.ids)
         # Connections in the lobby; and every open or closing WebSocket.
@@ -452,6 +453,15 @@ class ChatServerFactory(WebSocketServerFactory):
                 event="ban",
             )
             self._unqueue_banned(reported.address_key)
+
+    def _banned_elsewhere(self, key: str, until: float) -> None:
+        """A ban the cluster decided (reports counted on any node)."""
+        self._log.info(
+            "an address was banned for {seconds:.0f} s after reports (cluster)",
+            seconds=until - self.clock.seconds(),
+            event="ban",
+        )
+        self._unqueue_banned(key)
 
     def _unqueue_banned(self, key: str) -> None:
         """

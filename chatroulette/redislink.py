@@ -220,6 +220,7 @@ class RedisLink(Service):
         self._heartbeat_args: Callable[[float], list[object]] = lambda _: []
         self._take_heartbeat: Callable[[str], dict[str, Any]] = lambda _: {}
         self._gone_args: Callable[[], list[object]] = lambda: []
+        self._take_assert: Callable[[str], None] = lambda _: None
         self._keys: list[str] = []
         self._services: list[ClientService] = []
         self._ping = LoopingCall(self._check_alive)
@@ -249,6 +250,7 @@ class RedisLink(Service):
         self._heartbeat_args = lobby._heartbeat_args
         self._take_heartbeat = lobby.take_heartbeat
         self._gone_args = lobby.gone_args
+        self._take_assert = lobby.take_assert
 
     # Service --------------------------------------------------------------------
 
@@ -342,11 +344,12 @@ class RedisLink(Service):
             asserted: Deferred[Any] = cmd.evalsha(self._sha, self._keys, self._assert_args())
             return asserted
 
-        def done(_: object) -> None:
+        def done(reply: str) -> None:
             self._preparing = False
             if cmd is not self._cmd or self._sub is None:
                 self._prepare()
                 return
+            self._take_assert(reply)
             self.ready = True
             self._log.info(
                 "Redis ready at {address}{again}",

@@ -54,6 +54,7 @@ _NOBODY = "You are not chatting with anyone."
 
 _IDLE, _WAITING, _INVITING, _CHATTING = State.IDLE, State.WAITING, State.INVITING, State.CHATTING
 _STATES = {s.value: s for s in State}
+_FINDS = frozenset({"find", "join"})
 
 
 def _cancel(call: DelayedCall | None) -> None:
@@ -91,6 +92,10 @@ class _Local:
     reported: str = ""
     invite: str = ""
     timers: list[DelayedCall] = field(default_factory=list)
+    finding: int = 0  # finds (and joins) sent and not yet answered
+    # Answers to this client's requests sent before this one (a leave) are
+    # applied without telling the client: it has moved on.
+    quiet_before: int = 0
 
     def stop_timers(self) -> None:
         for call in self.timers:
@@ -116,7 +121,13 @@ class RedisLobby:
         on_pair: Callable[[str, str, str, Sequence[str]], None] | None = None,
         prefix: str = DEFAULT_PREFIX,
         node: str | None = None,
+        on_ban: Callable[[str, float], None] | None = None,
     ) -> None:
+        """
+        @param on_ban: called on every node when the service bans an address
+            (see L{report_address}), and for each ban in force when the node
+            (re)joins Redis.
+        """
         self._clock = clock
         self._link = link
         self._rng = rng if rng is not None else random.Random()
@@ -124,10 +135,12 @@ class RedisLobby:
         self._repeat_cooldown = repeat_cooldown
         self._make_token = make_token
         self._on_pair = on_pair
+        self._on_ban = on_ban
         self.prefix = prefix
         self.node = node if node is not None else secrets.token_hex(6)
         self.channel = f"{prefix}:ch:{self.node}"
         self._ids = itertools.count(1)
+        self._seqs = itertools.count(1)
         self._clients: dict[Peer, _Local] = {}
         self._by_id: dict[str, _Local] = {}
         self._counts = (0, 0, 0)
@@ -167,13 +180,21 @@ class RedisLobby:
         return len(self._clients), waiting, chatting
 
     def state_of(self, peer: Peer) -> State:
-        return self._clients[peer].state
+        local = self._clients[peer]
+        if local.state is _IDLE and local.finding:
+            return _WAITING  # queued as far as anyone here can tell: a leave takes it out
+        return local.state
 
     def partner_of(self, peer: Peer) -> Peer | None:
         return self._clients[peer].partner_peer
 
     def flush(self) -> Deferred[None]:
-        """Fires once every call made so far has been answered and every event published before has arrived."""
+        """
+        Fires once every call made so far has been answered, every event
+        published before has arrived, and the counts are the service's now.
+        """
+        if self._link.ready:
+            self._call("counts", None)
         return self._link.flush()
 
     # Requests ---------------------------------------------------------------
@@ -218,7 +239,7 @@ class RedisLobby:
         local = self._clients[peer]
         self._leave_locally(local)
         if self._link.ready:
-            self._call("leave", local, local.id)
+            local.quiet_before = self._call("leave", local, local.id)
 
     def create_invite(self, peer: Peer, mode: Mode = TEXT) -> str:
         local = self._clients[peer]
@@ -227,6 +248,8 @@ class RedisLobby:
         code = self._make_token()
         local.invite = code
         local.mode = mode
+        local.state = _INVITING
+        local.timers.append(self._clock.callLater(INVITE_LIFETIME, self._expire, local, code))
         self._call("invite", local, local.id, mode, code, INVITE_LIFETIME)
         return code
 
@@ -286,20 +309,29 @@ class RedisLobby:
         seed = self._rng.randrange(1, 2**31 - 1)
         return [command, self.node, repr(self._clock.seconds()), seed, repr(self._repeat_cooldown), *args]
 
-    def _call(self, command: str, local: _Local | None, *args: object) -> None:
-        """Run C{command} for C{local} (None: a client gone); apply the answer."""
+    def _call(self, command: str, local: _Local | None, *args: object) -> int:
+        """Run C{command} for C{local} (None: a client gone); apply the answer.  Returns the call's number."""
+        seq = next(self._seqs)
+        if local is not None and command in _FINDS:
+            local.finding += 1
         d = self._link.call([self.prefix], self._args(command, *args))
-        d.addCallbacks(self._answered, self._failed, callbackArgs=(local, command), errbackArgs=(local, command))
+        d.addCallbacks(
+            self._answered, self._failed, callbackArgs=(local, command, seq), errbackArgs=(local, command)
+        )
+        return seq
 
-    def _answered(self, reply: str, local: _Local | None, command: str) -> None:
+    def _answered(self, reply: str, local: _Local | None, command: str, seq: int) -> None:
         result = json.loads(reply)
         self._take_counts(result)
         for chat in result.get("pairs") or ():
             self._paired(chat)
+        quiet = local.id if local is not None and seq < local.quiet_before else None
         for event in result.get("ev") or ():
-            self._apply(event)
+            self._apply(event, tell=event["id"] != quiet)
         if local is None or self._by_id.get(local.id) is not local:
             return
+        if command in _FINDS:
+            local.finding -= 1
         error = result.get("err")
         if error == "invite_invalid":
             local.peer.send_error(
@@ -313,11 +345,21 @@ class RedisLobby:
             self._link.reassert()
             return
         epoch = result.get("e")
-        if epoch is not None and epoch > local.epoch:
-            local.epoch = epoch
-        if command == "invite" and local.state is _IDLE and local.invite:
-            local.state = _INVITING
-            local.timers.append(self._clock.callLater(INVITE_LIFETIME, self._expire, local, local.invite))
+        state = result.get("s")
+        if epoch is None or epoch < local.epoch:
+            return  # an event newer than this answer arrived already
+        local.epoch = epoch
+        if state is not None:
+            # The last answer is the truth: what this node did at once (leave,
+            # invite) or heard in between gives way to it.
+            new = _STATES[state]
+            if new is not _CHATTING and local.state is _CHATTING:
+                self._end_locally(local, tell_partner=False)
+            if new is not _INVITING:
+                local.invite = ""
+            local.state = new
+            if new is _IDLE:
+                local.stop_timers()
         retry = result.get("retry")
         if retry is not None and local.state is _WAITING:
             delay = max(0.0, float(retry) - self._clock.seconds())
@@ -325,6 +367,8 @@ class RedisLobby:
 
     def _failed(self, failure: Failure, local: _Local | None, command: str) -> None:
         self._log.failure("Redis call {command} failed", failure, command=command, event="redis")
+        if local is not None and command in _FINDS:
+            local.finding -= 1
         if local is not None and self._by_id.get(local.id) is local and command in ("find", "join", "invite"):
             local.peer.send_error(UNAVAILABLE, UNAVAILABLE_TEXT)
         self._link.reassert()
@@ -364,10 +408,26 @@ class RedisLobby:
         event = json.loads(payload)
         if isinstance(event, list):
             self._relayed(event)
+        elif event.get("t") == "ban":
+            self._banned(event["addr"], event["until"])
         else:
             self._apply(event)
 
-    def _apply(self, event: dict[str, Any]) -> None:
+    def _banned(self, key: str, until: float) -> None:
+        if self._on_ban is not None:
+            self._on_ban(key, float(until))
+
+    def report_address(self, reporter: str, reported: str, threshold: int, window: float, ban_seconds: float) -> None:
+        """
+        Count, for the whole service, a report of address key C{reported} by
+        C{reporter}; C{threshold} distinct reporters within C{window} seconds
+        ban it for C{ban_seconds} on every node (through C{on_ban}).
+        """
+        if self._link.ready:
+            d = self._link.call([self.prefix], self._args("report_addr", reporter, reported, threshold, window, ban_seconds))
+            d.addErrback(lambda f: self._log.failure("Redis call report_addr failed", f, event="redis"))
+
+    def _apply(self, event: dict[str, Any], tell: bool = True) -> None:
         local = self._by_id.get(event["id"])
         if local is None or event["e"] <= local.epoch:
             return  # gone, or stale: a later answer overtook it
@@ -381,7 +441,8 @@ class RedisLobby:
                 local.timers.append(
                     self._clock.callLater(self._interest_timeout, self._open_up, local)
                 )
-            peer.send_waiting()
+            if tell:
+                peer.send_waiting()
         elif kind == "paired":
             local.stop_timers()
             local.state = _CHATTING
@@ -393,15 +454,18 @@ class RedisLobby:
             partner = self._by_id.get(event["pid"]) if node == self.node else None
             local.partner_peer = partner.peer if partner is not None else None
             shared = event.get("shared")
-            peer.send_paired(local.chat, shared if isinstance(shared, list) else [], local.mode, bool(event["init"]))
+            if tell:
+                peer.send_paired(local.chat, shared if isinstance(shared, list) else [], local.mode, bool(event["init"]))
         elif kind == "left":
             chat = event["chat"]
             self._end_locally(local, tell_partner=False)
-            peer.send_partner_left(chat)
+            if tell:
+                peer.send_partner_left(chat)
         elif kind == "expired":
             local.state, local.invite = _IDLE, ""
             local.stop_timers()
-            peer.send_invite_expired(event["code"])
+            if tell:
+                peer.send_invite_expired(event["code"])
 
     def _open_up(self, local: _Local) -> None:
         local.open = True
@@ -519,6 +583,15 @@ class RedisLobby:
 
     def _heartbeat_args(self, dead_after: float) -> list[object]:
         return self._args("heartbeat", dead_after)
+
+    def take_assert(self, reply: str) -> None:
+        """The answer to writing this node's view back: counts, and the bans in force."""
+        result = json.loads(reply)
+        self._take_counts(result)
+        bans = result.get("bans")
+        if isinstance(bans, dict):
+            for key, until in bans.items():
+                self._banned(key, until)
 
     def take_heartbeat(self, reply: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(reply)

@@ -30,10 +30,12 @@ from .moderation import (
     DEFAULT_REPORT_BAN_THRESHOLD,
     DEFAULT_REPORT_WINDOW,
     Moderation,
+    SharedModeration,
     SQLiteBanStore,
 )
 from .protocol import ChatServerFactory, log_pair
 from .settings import Settings
+from . import tuning
 from .randomness import BlockSystemRandom
 from .service import DEFAULT_SHUTDOWN_TIMEOUT, ChatService
 from .web import DEFAULT_HTTP_IDLE_TIMEOUT, WEBSOCKET_PATH, build_site, default_static_dir
@@ -597,6 +599,8 @@ class Options(usage.Options):
         self["state-dir"] = state
 
     def _check_max_connections(self) -> None:
+        if tuning.running_as_program(self):
+            tuning.raise_open_file_limit()
         limit = open_file_limit()
         most = default_max_connections(limit)
         if self["max-connections"] is None:
@@ -666,9 +670,17 @@ def makeService(options: Options) -> service.MultiService:
         refused_bytes=options["refused-log-bytes"],
     )
     lobby: ILobby
+    moderation: Moderation
     link: RedisLink | None = None
+    store: SQLiteBanStore | None = None
     if options["redis"] is not None:
         link = RedisLink(options["redis"], reactor, dead_after=options["node-dead-after"])
+        shared = SharedModeration(
+            lambda *report: redis_lobby.report_address(*report),
+            options["report-ban-threshold"],
+            options["report-window"],
+            options["ban-seconds"],
+        )
         redis_lobby = RedisLobby(
             cast(Clock, clock),
             link,
@@ -677,9 +689,10 @@ def makeService(options: Options) -> service.MultiService:
             repeat_cooldown=options["repeat-cooldown"],
             on_pair=log_pair,
             prefix=options["redis-prefix"],
+            on_ban=shared.ban,
         )
         link.attach_lobby(redis_lobby)
-        lobby = redis_lobby
+        lobby, moderation = redis_lobby, shared
     else:
         lobby = Lobby(
             cast(Clock, clock),
@@ -688,13 +701,13 @@ def makeService(options: Options) -> service.MultiService:
             repeat_cooldown=options["repeat-cooldown"],
             on_pair=log_pair,
         )
-    store = SQLiteBanStore(options["state-dir"] / BANS_FILE, reactor)  # type: ignore[arg-type]
-    moderation = Moderation(
-        options["report-ban-threshold"],
-        options["report-window"],
-        options["ban-seconds"],
-        store,
-    )
+        store = SQLiteBanStore(options["state-dir"] / BANS_FILE, reactor)  # type: ignore[arg-type]
+        moderation = Moderation(
+            options["report-ban-threshold"],
+            options["report-window"],
+            options["ban-seconds"],
+            store,
+        )
     factory = ChatServerFactory(
         lobby, clock, options.settings(), moderation=moderation, ice=options.ice()
     )
@@ -704,4 +717,6 @@ def makeService(options: Options) -> service.MultiService:
     ChatService(
         factory, clock, store, options["shutdown-timeout"], reactor=reactor, redis=link
     ).setServiceParent(top)
+    if tuning.running_as_program(options):
+        reactor.callWhenRunning(tuning.tune_collector)
     return top

@@ -1,8 +1,8 @@
 """
 The load tool's pure parts: probe texts, the delivery ledger, percentiles,
-the report and its verdict, the pacing options, the command line, and the
-package layout (the server never imports the load tool).  No reactor, no
-network.  (The token bucket that paces the clients is the server's own,
+the report and its verdict, the pacing options, spreading clients over
+several URLs, the command line, and the package layout (the server never
+imports the load tool).  No reactor, no network.  (The token bucket that paces the clients is the server's own,
 tested in test_limits.)
 """
 
@@ -14,16 +14,19 @@ from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.load import ClientConfig
-from chatroulette.load.cli import build_parser, config_from_args
+from chatroulette.load.cli import build_parser, config_from_args, urls_from_args
 from chatroulette.load.client import DEFAULT_MAX_RATE
+from chatroulette.load.scenarios import Run, check_urls, spread
 from chatroulette.load.stats import (
     Ledger,
     Progress,
     Report,
     Summary,
+    UrlCounts,
     count_errors,
     decode_probe,
     encode_probe,
@@ -203,6 +206,34 @@ class ReportTests(SynchronousTestCase):
         """Error codes are counted and sorted."""
         self.assertEqual(count_errors(["b", "a", "b"]), {"a": 1, "b": 2})
 
+    def test_per_url_lines(self) -> None:
+        """With several URLs the report has a line per URL, in the order given; with one it has none."""
+        per_url = {
+            "ws://b:8082/ws": UrlCounts(clients=3, opened=3, paired=3),
+            "ws://a:8081/ws": UrlCounts(clients=3, opened=2, failed=1, paired=2),
+        }
+        report = Report("relay", "ws://b:8082/ws, ws://a:8081/ws", 6, per_url=per_url)
+        lines = format_report(report).splitlines()
+        self.assertIn("relay against ws://b:8082/ws, ws://a:8081/ws: 6 clients", lines[0])
+        self.assertEqual(
+            lines[2:4],
+            [
+                "  per URL      ws://b:8082/ws: 3 clients, opened 3, failed 0, dropped 0, paired 3",
+                "               ws://a:8081/ws: 3 clients, opened 2, failed 1, dropped 0, paired 2",
+            ],
+        )
+        self.assertTrue(lines[4].startswith("  pairing"), lines)
+        single = Report("relay", "ws://a:8081/ws", 2, per_url={"ws://a:8081/ws": UrlCounts(clients=2)})
+        self.assertNotIn("per URL", format_report(single))
+
+    def test_per_url_json(self) -> None:
+        """The JSON form has each URL's counts under per_url."""
+        report = Report("churn", "ws://a/ws", 1, per_url={"ws://a/ws": UrlCounts(1, 1, 0, 0, 1)})
+        data = json.loads(report.to_json())
+        self.assertEqual(
+            data["per_url"], {"ws://a/ws": {"clients": 1, "opened": 1, "failed": 0, "dropped": 0, "paired": 1}}
+        )
+
     def test_progress_line(self) -> None:
         """The live line shows connections, pairs, throughput and errors."""
         line = Progress(3.0, 200, 198, 1000, 400.0, 1).line()
@@ -247,6 +278,60 @@ class CommandLineTests(SynchronousTestCase):
             self.assertRaises(ValueError, config_from_args, parsed, None)
         self.assertRaises(ValueError, ClientConfig, max_rate=0.0)
         self.assertEqual(ClientConfig(max_rate=None, max_request_rate=None).max_rate, None)
+
+
+class SeveralUrlsTests(SynchronousTestCase):
+    """Clients spread over several URLs (the processes of a cluster), in turn."""
+
+    def test_round_robin(self) -> None:
+        """The first client goes to the first URL, the second to the second, and round again."""
+        self.assertEqual(spread(5, ["ws://a/ws", "ws://b/ws"]), ["ws://a/ws", "ws://b/ws"] * 2 + ["ws://a/ws"])
+        self.assertEqual(spread(3, ["ws://a/ws"]), ["ws://a/ws"] * 3)
+        self.assertEqual(spread(0, ["ws://a/ws"]), [])
+
+    @given(st.integers(0, 1000), st.integers(1, 10))
+    def test_even_spread(self, clients: int, urls: int) -> None:
+        """No URL gets more than one client more than another."""
+        counts = [0] * urls
+        for url in spread(clients, [f"ws://n{i}/ws" for i in range(urls)]):
+            counts[int(url[len("ws://n") : -len("/ws")])] += 1
+        self.assertEqual(sum(counts), clients)
+        self.assertLessEqual(max(counts) - min(counts), 1)
+
+    def test_one_url_or_several(self) -> None:
+        """A single string is one URL (not its characters); a sequence keeps its order."""
+        self.assertEqual(check_urls("ws://a/ws"), ["ws://a/ws"])
+        self.assertEqual(check_urls(("wss://b/ws", "ws://a:81/ws")), ["wss://b/ws", "ws://a:81/ws"])
+
+    def test_bad_urls(self) -> None:
+        """No URL, a URL twice, or one that is not ws:// or wss:// is refused before any connection."""
+        for urls in ([], ["ws://a/ws", "ws://a/ws"], ["http://a/ws"], ["a:8080"], ["ws:///ws"]):
+            self.assertRaises(ValueError, check_urls, urls)
+
+    def test_run_counts_per_url(self) -> None:
+        """A run starts with one (empty) count per URL, in order, and reports its URLs together."""
+        run = Run("relay", ["ws://b:8082/ws", "ws://a:8081/ws"], 4, ClientConfig(), MemoryReactorClock())
+        self.assertEqual(list(run.per_url), ["ws://b:8082/ws", "ws://a:8081/ws"])
+        self.assertEqual(run.report.url, "ws://b:8082/ws, ws://a:8081/ws")
+        self.assertEqual(
+            [t.factory.url for t in run.targets.values()], ["ws://b:8082/ws", "ws://a:8081/ws"]
+        )
+
+    def test_command_line_urls(self) -> None:
+        """URLs repeat as arguments or with --url (those without first); the single-URL form still works."""
+        cases = [
+            (["relay", "ws://a/ws"], ["ws://a/ws"]),
+            (["relay", "ws://a/ws", "ws://b/ws", "--pairs", "3"], ["ws://a/ws", "ws://b/ws"]),
+            (["churn", "--url", "ws://a/ws", "--url", "ws://b/ws"], ["ws://a/ws", "ws://b/ws"]),
+            (["soak", "--url", "ws://c/ws", "ws://a/ws", "ws://b/ws"], ["ws://a/ws", "ws://b/ws", "ws://c/ws"]),
+        ]
+        for argv, urls in cases:
+            self.assertEqual(urls_from_args(build_parser().parse_args(argv)), urls, argv)
+
+    def test_command_line_needs_a_url(self) -> None:
+        """No URL at all, or one twice, is a usage error (ValueError, exit status 2)."""
+        for argv in (["relay"], ["relay", "ws://a/ws", "--url", "ws://a/ws"]):
+            self.assertRaises(ValueError, urls_from_args, build_parser().parse_args(argv))
 
 
 def imported_modules(source: str, package: str) -> set[str]:

@@ -9,6 +9,11 @@ Scenarios:
   - C{soak}: N paired, mostly idle connections held for a while, with an
     occasional message.
 
+Each scenario takes one URL or several: with several (the processes of a
+cluster), the clients are spread over them round robin, and the report
+counts connections per URL (both sides of a chat may have come through
+different URLs: pairing is the servers' business).
+
 The Python API (L{run_relay}, L{run_churn}, L{run_soak}) returns a L{Report};
 the command line prints it (or C{--json}) and exits non-zero when a message
 was lost, duplicated, reordered or misrouted, or when errors exceed

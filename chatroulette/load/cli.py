@@ -14,13 +14,26 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 
 from .client import DEFAULT_BURST, DEFAULT_MAX_RATE, DEFAULT_MAX_REQUEST_RATE, ClientConfig
-from .scenarios import run_churn, run_relay, run_soak
+from .scenarios import check_urls, run_churn, run_relay, run_soak
 from .stats import Progress, format_report
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("url", help="the server's WebSocket URL, e.g. ws://127.0.0.1:8080/ws or wss://chat.example/ws")
+    common.add_argument(
+        "url",
+        nargs="*",
+        help="the server's WebSocket URL, e.g. ws://127.0.0.1:8080/ws or wss://chat.example/ws; "
+        "several (the processes of a cluster): the clients are spread over them in turn",
+    )
+    common.add_argument(
+        "--url",
+        dest="more_urls",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="one more URL to spread clients over (repeatable; after the ones given without --url)",
+    )
     common.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
     common.add_argument("--size", type=int, default=64, help="characters per message (default 64)")
     common.add_argument(
@@ -73,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def urls_from_args(args: argparse.Namespace) -> list[str]:
+    """
+    The URLs to spread the clients over: those given without C{--url}, then
+    those given with it.
+
+    @raise ValueError: none, one twice, or one that is not a WebSocket URL.
+    """
+    return check_urls([*args.url, *args.more_urls])
+
+
 def config_from_args(args: argparse.Namespace, progress: Callable[[Progress], None] | None) -> ClientConfig:
     if args.size < 1 or args.size > 2000:
         raise ValueError("--size must be between 1 and 2000 characters")
@@ -117,16 +140,17 @@ class _ProgressLine:
 async def _main(reactor: IReactorCore, args: argparse.Namespace) -> None:
     line = None if args.quiet else _ProgressLine(sys.stderr)
     try:
+        urls = urls_from_args(args)
         config = config_from_args(args, line)
         if args.scenario == "relay":
             report = await run_relay(
-                args.url, args.pairs, args.rate, args.duration, window=args.window, config=config, reactor=cast(IReactorTime, reactor)
+                urls, args.pairs, args.rate, args.duration, window=args.window, config=config, reactor=cast(IReactorTime, reactor)
             )
         elif args.scenario == "churn":
-            report = await run_churn(args.url, args.clients, args.duration, config=config, reactor=cast(IReactorTime, reactor))
+            report = await run_churn(urls, args.clients, args.duration, config=config, reactor=cast(IReactorTime, reactor))
         else:
             report = await run_soak(
-                args.url, args.clients, args.duration, args.interval, config=config, reactor=cast(IReactorTime, reactor)
+                urls, args.clients, args.duration, args.interval, config=config, reactor=cast(IReactorTime, reactor)
             )
     except ValueError as e:
         print(f"chatroulette-load: {e}", file=sys.stderr)

@@ -2,13 +2,20 @@
 The scenarios: L{run_relay}, L{run_churn} and L{run_soak} open the clients,
 drive them, and return a L{chatroulette.load.stats.Report}.  L{Run} is one
 run's state: its clients, its ledger and its counters.
+
+Every scenario takes one URL or several: with several (the processes of a
+cluster, or its proxy and a node), the clients are spread over them in turn,
+the first client to the first URL, the second to the second, and so on.
+Who is paired with whom is the servers' business, so the two sides of a
+chat may well have come through different URLs.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Any, Callable, cast
+from typing import Any, Callable, Sequence, cast
+from urllib.parse import urlsplit
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -24,21 +31,55 @@ from .client import (
     client_endpoint,
     now,
 )
-from .stats import Ledger, Progress, Report, count_errors, summarize
+from .stats import Ledger, Progress, Report, UrlCounts, count_errors, summarize
+
+
+def check_urls(url: str | Sequence[str]) -> list[str]:
+    """
+    The run's URLs, in order: C{url} itself when it is one string.
+
+    @raise ValueError: no URL, one given twice, or one that is not C{ws://}
+        or C{wss://} with a host.
+    """
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("no URL given: name the server's WebSocket URL, e.g. ws://127.0.0.1:8080/ws")
+    for each in urls:
+        parts = urlsplit(each)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"{each!r} is not a WebSocket URL like ws://127.0.0.1:8080/ws or wss://chat.example/ws")
+        if urls.count(each) > 1:
+            raise ValueError(f"{each} is given twice: each URL once, clients are spread over them in turn")
+    return urls
+
+
+def spread(clients: int, urls: Sequence[str]) -> list[str]:
+    """The URL of each of C{clients} clients: round robin over C{urls}, in their order."""
+    return [urls[i % len(urls)] for i in range(clients)]
+
+
+class _Target:
+    """One of the run's URLs: the factory and endpoint its clients connect with."""
+
+    def __init__(self, run: Run, url: str) -> None:
+        self.factory = LoadClientFactory(run, url, run.config.origin)
+        self.endpoint = client_endpoint(run.reactor, self.factory, run.config)
 
 
 class Run:
     """One load run: its clients, its ledger, its counters, its scenario."""
 
-    def __init__(self, scenario: str, url: str, clients: int, config: ClientConfig, reactor: Any) -> None:
+    def __init__(
+        self, scenario: str, url: str | Sequence[str], clients: int, config: ClientConfig, reactor: Any
+    ) -> None:
         self.scenario = scenario
-        self.url = url
+        self.urls = check_urls(url)
         self.config = config
         self.reactor = reactor
         self.ledger = Ledger()
-        self.factory = LoadClientFactory(self, url, config.origin)
-        self.endpoint = client_endpoint(reactor, self.factory, config)
-        self.report = Report(scenario=scenario, url=url, clients=clients)
+        self.targets = {each: _Target(self, each) for each in self.urls}
+        self.report = Report(scenario=scenario, url=", ".join(self.urls), clients=clients)
+        self.per_url = {each: UrlCounts() for each in self.urls}
         self.clients: list[LoadClient] = []
         self.errors: Counter[str] = Counter()
         self.connect_errors: Counter[str] = Counter()
@@ -106,6 +147,7 @@ class Run:
         client.chatting = False
         if not (self.closing or client.leaving):
             self.report.connections_dropped += 1
+            self.per_url[client.factory.url].dropped += 1
 
     # Phases -----------------------------------------------------------------
 
@@ -136,25 +178,29 @@ class Run:
             )
         )
 
-    async def _open_one(self) -> None:
+    async def _open_one(self, url: str) -> None:
+        target = self.targets[url]
         try:
-            protocol = await self.endpoint.connect(self.factory)
+            protocol = await target.endpoint.connect(target.factory)
             client = cast(LoadClient, protocol)
             await client.opened
         except Exception as e:
             self.report.connections_failed += 1
+            self.per_url[url].failed += 1
             self.connect_errors[type(e).__name__] += 1
             return
         self.clients.append(client)
+        self.per_url[url].opened += 1
         if self.churn:
             client.paced(REQUEST, client.send_find)
 
     async def open_all(self, n: int) -> None:
-        """Open C{n} connections, C{concurrency} at a time."""
+        """Open C{n} connections, C{concurrency} at a time, spread over the URLs in turn."""
         semaphore = defer.DeferredSemaphore(max(1, self.config.concurrency))
-        await defer.gatherResults(
-            [semaphore.run(lambda: defer.ensureDeferred(self._open_one())) for _ in range(n)]
-        )
+        urls = spread(n, self.urls)
+        for url in urls:
+            self.per_url[url].clients += 1
+        await defer.gatherResults([semaphore.run(self._open_one, url) for url in urls])
         self.report.connections_opened = len(self.clients)
 
     async def until(self, condition: Callable[[], bool], timeout: float, poll: float = 0.02) -> bool:
@@ -202,6 +248,8 @@ class Run:
     def finish(self, window: float) -> Report:
         report = self.report
         ledger = self.ledger
+        paired = Counter(c.factory.url for c in self.clients if c.ever_paired)
+        per_url = {url: replace(counts, paired=paired[url]) for url, counts in self.per_url.items()}
         return replace(
             report,
             duration_s=round(window, 3),
@@ -220,6 +268,7 @@ class Run:
             pairing_wait_ms=summarize(self.pair_waits, 1000.0),
             errors=count_errors(self.errors.elements()),
             connection_errors=count_errors(self.connect_errors.elements()),
+            per_url=per_url,
         )
 
 
@@ -280,7 +329,7 @@ def _check_rate(rate: float | None, config: ClientConfig) -> float | None:
 
 
 async def run_relay(
-    url: str,
+    url: str | Sequence[str],
     pairs: int,
     rate: float | None = None,
     duration: float = 10.0,
@@ -319,7 +368,7 @@ async def run_relay(
 
 
 async def run_churn(
-    url: str,
+    url: str | Sequence[str],
     clients: int,
     duration: float = 10.0,
     *,
@@ -342,7 +391,7 @@ async def run_churn(
 
 
 async def run_soak(
-    url: str,
+    url: str | Sequence[str],
     clients: int,
     duration: float = 60.0,
     interval: float = 30.0,

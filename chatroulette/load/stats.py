@@ -163,11 +163,25 @@ class Ledger:
 
 
 @dataclass
+class UrlCounts:
+    """What became of the clients sent to one of the run's URLs."""
+
+    clients: int = 0
+    """Clients this URL was given (round robin over the run's URLs)."""
+    opened: int = 0
+    failed: int = 0
+    dropped: int = 0
+    paired: int = 0
+    """Clients opened here that were paired at least once (with a partner anywhere)."""
+
+
+@dataclass
 class Report:
     """What one load run saw; L{problems} says whether it passed."""
 
     scenario: str
     url: str
+    """The server's URL; with several, all of them, separated by ", "."""
     clients: int
     duration_s: float = 0.0
     connections_opened: int = 0
@@ -189,6 +203,8 @@ class Report:
     errors: dict[str, int] = field(default_factory=dict)
     connection_errors: dict[str, int] = field(default_factory=dict)
     """Why connections failed to open, by exception type."""
+    per_url: dict[str, UrlCounts] = field(default_factory=dict)
+    """The connection counts of each URL, in the order given."""
 
     def error_count(self) -> int:
         """Server error events, failed connections and unexpected drops, all together."""
@@ -221,6 +237,17 @@ def count_errors(codes: Iterable[str]) -> dict[str, int]:
     return dict(sorted(Counter(codes).items()))
 
 
+def _per_url_lines(report: Report) -> list[str]:
+    """One line per URL when the run had several (with one, the connections line says it all)."""
+    if len(report.per_url) < 2:
+        return []
+    return [
+        f"  {'per URL' if i == 0 else '':12} {url}: {c.clients} clients, opened {c.opened}, "
+        f"failed {c.failed}, dropped {c.dropped}, paired {c.paired}"
+        for i, (url, c) in enumerate(report.per_url.items())
+    ]
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -236,6 +263,7 @@ def format_report(report: Report, max_errors: int = 0) -> str:
         f"{report.duration_s:.1f} s measured",
         f"  connections  opened {report.connections_opened}, failed {report.connections_failed}, "
         f"dropped {report.connections_dropped}" + (f" ({why})" if why else ""),
+        *_per_url_lines(report),
         f"  pairing      {report.clients_paired} clients paired, {report.pairings} pairings "
         f"({report.pairings_per_s:.1f}/s), wait p50 {_ms(wait.p50)} ms, p99 {_ms(wait.p99)} ms",
         f"  messages     sent {report.messages_sent}, delivered {report.messages_delivered} "

@@ -1,0 +1,150 @@
+"""
+Two Redis lobbies (two nodes) on one real redis-server, racing: requests on
+both nodes are sent without waiting for answers, in any order, and the
+invariants hold once the answers are in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest_twisted
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatroulette.lobby import State
+from chatroulette.messages import ProtocolError
+from chatroulette.redislobby import RedisLobby
+
+from .lobbies import RecordingPeer, redis_node, shared_redis
+
+# One request: (kind, peer index, argument).
+requests = st.tuples(
+    st.sampled_from(["find", "find", "find_interest", "leave", "message", "invite", "join", "disconnect", "connect"]),
+    st.integers(0, 20),
+    st.integers(0, 20),
+)
+PREFIXES = iter(range(10**6))
+
+
+class TwoNodes(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        prefix = "{race%d}" % next(PREFIXES)
+        server = shared_redis()
+        self.nodes: list[RedisLobby] = []
+        self.links: list[Any] = []
+        for seed in (1, 2):
+            lobby, link = redis_node(server, self.clock, seed, prefix=prefix, repeat_cooldown=0.0)
+            self.nodes.append(lobby)
+            self.links.append(link)
+        self.home: dict[RecordingPeer, RedisLobby] = {}
+        self.connected: list[RecordingPeer] = []
+        self.codes: list[str] = []
+        self.count = 0
+        self.asked: dict[RecordingPeer, str] = {}
+
+    def teardown(self) -> None:
+        for link in self.links:
+            pytest_twisted.blockon(link.stopService())
+
+    def settle(self) -> None:
+        for _ in range(2):  # answers, then what the other node published in reply
+            for lobby in self.nodes:
+                pytest_twisted.blockon(lobby.flush())
+
+    def _connect(self) -> None:
+        peer = RecordingPeer(f"p{self.count}")
+        lobby = self.nodes[self.count % 2]
+        self.count += 1
+        self.home[peer] = lobby
+        lobby.connect(peer)
+        self.connected.append(peer)
+
+    @initialize()
+    def start(self) -> None:
+        for _ in range(6):
+            self._connect()
+        self.settle()
+
+    @rule(batch=st.lists(requests, min_size=1, max_size=8))
+    def race(self, batch: list[tuple[str, int, int]]) -> None:
+        """Send a batch of requests on both nodes at once, then let every answer arrive."""
+        for kind, i, j in batch:
+            if kind == "connect":
+                self._connect()
+                continue
+            if not self.connected:
+                continue
+            peer = self.connected[i % len(self.connected)]
+            lobby = self.home[peer]
+            try:
+                if kind == "find":
+                    self.asked[peer] = "open"
+                    lobby.find(peer)
+                elif kind == "find_interest":
+                    self.asked[peer] = "interest"
+                    lobby.find(peer, ["x"])
+                elif kind == "leave":
+                    lobby.leave(peer)
+                elif kind == "message":
+                    lobby.message(peer, "hi")
+                elif kind == "invite":
+                    self.codes.append(lobby.create_invite(peer))
+                elif kind == "join" and self.codes:
+                    lobby.find(peer, invite=self.codes[j % len(self.codes)])
+                elif kind == "disconnect":
+                    lobby.disconnect(peer)
+                    self.connected.remove(peer)
+            except ProtocolError as e:
+                assert e.code == "not_chatting", e.code
+        self.settle()
+
+    @rule(seconds=st.sampled_from([1.0, 10.0, 700.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.settle()
+
+    def _chat(self, peer: RecordingPeer) -> str:
+        return cast(str, [e for e in peer.events if e[0] == "paired"][-1][1])
+
+    @invariant()
+    def pairs_are_symmetric(self) -> None:
+        """Every chatting client has exactly one partner, chatting in the same chat, on either node."""
+        chatting = [p for p in self.connected if self.home[p].state_of(p) is State.CHATTING]
+        chats: dict[str, list[RecordingPeer]] = {}
+        for peer in chatting:
+            chats.setdefault(self._chat(peer), []).append(peer)
+        for chat, members in chats.items():
+            assert len(members) == 2, (chat, members)
+        for peer in chatting:
+            local = self.home[peer].partner_of(peer)
+            if local is not None:
+                assert self.home[peer].partner_of(local) is peer
+
+    @invariant()
+    def counts_are_the_clusters(self) -> None:
+        states = [self.home[p].state_of(p) for p in self.connected]
+        for lobby in self.nodes:
+            assert lobby.online == len(self.connected)
+            assert lobby.waiting == sum(s in (State.WAITING, State.INVITING) for s in states)
+            assert lobby.chatting == sum(s is State.CHATTING for s in states)
+
+    @invariant()
+    def no_two_open_waiters(self) -> None:
+        """With no cooldown, two waiters who accept anyone are never both left waiting, whatever their nodes."""
+        open_waiters = [
+            p for p in self.connected if self.home[p].state_of(p) is State.WAITING and self.asked.get(p) == "open"
+        ]
+        assert len(open_waiters) <= 1, open_waiters
+
+
+class RacingNodesTests(SynchronousTestCase):
+    def test_racing_requests_on_two_nodes(self) -> None:
+        """Hypothesis races request batches across two nodes; pairs, counts and the queue stay sound."""
+        TwoNodes.TestCase.settings = settings(max_examples=40, stateful_step_count=15, deadline=None)
+        TwoNodes.TestCase("runTest").runTest()
