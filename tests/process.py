@@ -24,10 +24,14 @@ TWIST = [sys.executable, "-m", "twisted"]
 
 
 def twistd_with_open_files(limit: int) -> list[str]:
-    """L{TWISTD}, with the child's open-file soft limit (C{ulimit -n}) set to C{limit} before it starts."""
+    """
+    L{TWISTD}, with the child's open-file limits (C{ulimit -n}, soft and
+    hard: the server raises its soft limit to the hard one) set to C{limit}
+    before it starts.
+    """
     code = (
         "import resource; "
-        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit})); "
         + _RUN_TWISTD
     )
     return [sys.executable, "-c", code, *TWISTD[3:]]
