@@ -442,8 +442,18 @@ elseif cmd == 'assert' then
   -- ARGV[6]: the node's own view, JSON: {clients = [...]}. Whatever Redis
   -- held for this node goes first (partners elsewhere are told), then the
   -- node's clients are written back as the node knows them.
-  gone(node)
   local view = cjson.decode(ARGV[6])
+  -- Epochs only grow: an event about a client published before this call
+  -- (and delivered after it) must be recognised as stale.
+  local epochs = {}
+  for _, v in ipairs(view) do
+    local old = tonumber(redis.call('HGET', ck(v.id), 'epoch') or '0') or 0
+    v.epoch = math.max(old, tonumber(v.epoch)) + 1
+    epochs[v.id] = v.epoch
+  end
+  gone(node)
+  out = {}  -- what gone() said to this node's clients: the node's view replaces it
+  result.epochs = epochs
   for _, v in ipairs(view) do
     local id = v.id
     redis.call('HSET', ck(id), 'node', node, 'name', v.name, 'addr', v.addr, 'state', v.state,
@@ -461,6 +471,12 @@ elseif cmd == 'assert' then
     end
   end
   redis.call('ZADD', P .. ':nodes', now, node)
+  -- Waiters written back may meet each other, or waiters other nodes wrote
+  -- back before: match them now, as their finds would have.
+  for _, v in ipairs(view) do
+    local c = load(v.id)
+    if c and c.state == 'waiting' then match(c) end
+  end
   -- The bans in force, for the node's own copy.
   local bans = {}
   local entries = redis.call('HGETALL', P .. ':bans')

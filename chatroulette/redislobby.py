@@ -585,9 +585,22 @@ class RedisLobby:
         return self._args("heartbeat", dead_after)
 
     def take_assert(self, reply: str) -> None:
-        """The answer to writing this node's view back: counts, and the bans in force."""
+        """
+        The answer to writing this node's view back: the epochs it set, the
+        counts, chats its waiters started, and the bans in force.
+        """
         result = json.loads(reply)
         self._take_counts(result)
+        epochs = result.get("epochs")
+        if isinstance(epochs, dict):
+            for id, epoch in epochs.items():
+                local = self._by_id.get(id)
+                if local is not None:
+                    local.epoch = max(local.epoch, int(epoch))
+        for chat in result.get("pairs") or ():
+            self._paired(chat)
+        for event in result.get("ev") or ():
+            self._apply(event)
         bans = result.get("bans")
         if isinstance(bans, dict):
             for key, until in bans.items():

@@ -6,20 +6,23 @@ invariants hold once the answers are in.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 import pytest_twisted
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from twisted.internet import task
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatroulette.lobby import State
 from chatroulette.messages import ProtocolError
+from chatroulette.redislink import RedisLink
 from chatroulette.redislobby import RedisLobby
 
 from .lobbies import RecordingPeer, redis_node, shared_redis
+from .redis_server import RedisServer
 
 # One request: (kind, peer index, argument).
 requests = st.tuples(
@@ -148,3 +151,57 @@ class RacingNodesTests(SynchronousTestCase):
         """Hypothesis races request batches across two nodes; pairs, counts and the queue stay sound."""
         TwoNodes.TestCase.settings = settings(max_examples=40, stateful_step_count=15, deadline=None)
         TwoNodes.TestCase("runTest").runTest()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll C{condition} on the real reactor until it holds; fail after C{timeout} seconds."""
+    from twisted.internet import reactor
+
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        pytest_twisted.blockon(task.deferLater(reactor, 0.02, lambda: None))
+
+
+def stop(link: RedisLink) -> None:
+    pytest_twisted.blockon(link.stopService())
+
+
+class RedisRestartTests(SynchronousTestCase):
+    def test_waiters_written_back_meet(self) -> None:
+        """
+        Redis restarts empty while two waiters on two nodes are kept apart only
+        by their interests; their interest timeouts pass meanwhile.  When the
+        nodes write their state back, the two meet: nobody is left waiting.
+        """
+        server = RedisServer()
+        server.start()
+        self.addCleanup(server.cleanup)
+        clock = Clock()
+        nodes = []
+        for seed in (1, 2):
+            lobby, link = redis_node(server, clock, seed, prefix="{restart}")
+            self.addCleanup(stop, link)
+            nodes.append((lobby, link))
+        (one, link_one), (two, link_two) = nodes
+        x, y = RecordingPeer("x"), RecordingPeer("y")
+        one.connect(x)
+        two.connect(y)
+        one.find(x, ["chess"])
+        two.find(y, ["go"])
+        for lobby, _ in nodes:
+            pytest_twisted.blockon(lobby.flush())
+        self.assertEqual((x.take(), y.take()), ([("waiting",)], [("waiting",)]))
+        server.restart()
+        wait_until(lambda: not (link_one.ready or link_two.ready), 5, "both nodes see Redis gone")
+        clock.advance(10)  # the interest timeouts pass while Redis is away
+        for lobby, link in nodes:
+            pytest_twisted.blockon(link.when_ready())
+        wait_until(lambda: bool(x.events and y.events), 5, "the two waiters are told")
+        (paired_x,), (paired_y,) = x.take(), y.take()
+        self.assertEqual((paired_x[0], paired_y[0]), ("paired", "paired"))
+        self.assertEqual(paired_x[1], paired_y[1])
+        for lobby, _ in nodes:
+            pytest_twisted.blockon(lobby.flush())
+            self.assertEqual((lobby.online, lobby.waiting, lobby.chatting), (2, 0, 2))
