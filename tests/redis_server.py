@@ -129,6 +129,13 @@ class RedisServer:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP: Redis keeps its connections open and answers nothing (a hung server)."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
     def restart(self) -> None:
         """Stop, then start again empty on the same port and socket."""
         self.stop(signal.SIGKILL)

@@ -302,3 +302,45 @@ async def test_bans_are_the_clusters(redis: RedisServer) -> None:
         assert (await bystander.next())["type"] in ("welcome", "waiting")
     finally:
         stop_all(started)
+
+
+@pytest_twisted.ensureDeferred
+async def test_hung_redis_seen_within_two_seconds(redis: RedisServer) -> None:
+    """A Redis that stops answering (SIGSTOP) but keeps its connections: 503 within 2 s, ready again after."""
+    (node,) = started = await nodes(redis, 1)
+    try:
+        redis.pause()
+        stopped = reactor.seconds()
+
+        async def degraded() -> bool:
+            code, _ = await node.health()
+            return code == 503
+
+        await eventually(degraded, 2.5, "/healthz says 503")
+        assert reactor.seconds() - stopped <= 2.5
+        redis.resume()
+        await ready(node)
+    finally:
+        redis.resume()
+        stop_all(started)
+
+
+@pytest_twisted.ensureDeferred
+async def test_video_signals_cross_nodes(redis: RedisServer) -> None:
+    """A video chat across two nodes: one initiator, and WebRTC signals relayed both ways unchanged."""
+    one, two = started = await nodes(redis, 2)
+    try:
+        a, b = await one.client(), await two.client()
+        a.send_json(type="find", mode="video")
+        await a.next("waiting")
+        b.send_json(type="find", mode="video")
+        pb, pa = await b.next("paired"), await a.next("paired")
+        assert (pa["mode"], pb["mode"]) == ("video", "video")
+        assert (pa["initiator"], pb["initiator"]) == (True, False)
+        offer = {"sdp": {"type": "offer", "sdp": "v=0\r\n"}}
+        a.send_json(type="signal", data=offer)
+        assert (await b.next("signal"))["data"] == offer
+        b.send_json(type="signal", data={"candidate": None})
+        assert (await a.next("signal"))["data"] == {"candidate": None}
+    finally:
+        stop_all(started)
