@@ -144,6 +144,7 @@ class RedisLobby:
         self._clients: dict[Peer, _Local] = {}
         self._by_id: dict[str, _Local] = {}
         self._counts = (0, 0, 0)
+        self._connecting = 0
         self.stats = LobbyStats()
         self.cross_node_messages = 0
         link.attach(self.channel, SCRIPT, self._on_event, self._assert_view, self._on_lost)
@@ -158,7 +159,9 @@ class RedisLobby:
     def online(self) -> int:
         if not self._link.ready:
             return max(self._counts[0], len(self._clients))
-        return self._counts[0]
+        # Connections whose connect is still on its way are online already
+        # (a newcomer's welcome counts itself).
+        return self._counts[0] + self._connecting
 
     @property
     def waiting(self) -> int:
@@ -209,6 +212,7 @@ class RedisLobby:
         self._clients[peer] = local
         self._by_id[local.id] = local
         if self._link.ready:
+            self._connecting += 1
             self._call("connect", local, local.id, local.client_id, local.address_key or "")
 
     def disconnect(self, peer: Peer) -> None:
@@ -321,6 +325,8 @@ class RedisLobby:
         return seq
 
     def _answered(self, reply: str, local: _Local | None, command: str, seq: int) -> None:
+        if command == "connect":
+            self._connecting -= 1
         result = json.loads(reply)
         self._take_counts(result)
         for chat in result.get("pairs") or ():
@@ -367,6 +373,8 @@ class RedisLobby:
 
     def _failed(self, failure: Failure, local: _Local | None, command: str) -> None:
         self._log.failure("Redis call {command} failed", failure, command=command, event="redis")
+        if command == "connect":
+            self._connecting -= 1
         if local is not None and command in _FINDS:
             local.finding -= 1
         if local is not None and self._by_id.get(local.id) is local and command in ("find", "join", "invite"):

@@ -60,7 +60,9 @@ async def test_strangers_on_two_nodes_chat(redis: RedisServer) -> None:
     """Two strangers on two nodes are paired at once and chat both ways, in order, until one leaves."""
     one, two = started = await nodes(redis, 2)
     try:
-        a, b = await one.client(), await two.client()
+        a = await one.client()
+        assert (await a.next("welcome"))["online"] == 1, "a newcomer counts itself"
+        b = await two.client()
         chat = await pair(a, b)
         for i in range(8):
             a.send_json(type="message", text=f"hello {i}")
