@@ -38,6 +38,16 @@ class Node:
         body = await read_body(response)
         return response.code, json.loads(body)
 
+    async def metrics(self) -> dict[str, float]:
+        """C{/metrics}: each unlabelled sample's value."""
+        response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{self.port}/metrics".encode())
+        samples = {}
+        for line in (await read_body(response)).decode().splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, value = line.rsplit(" ", 1)
+                samples[name] = float(value)
+        return samples
+
     def kill(self, signal: str = "KILL") -> None:
         if not self.process.ended.called:
             self.transport.signalProcess(signal)

@@ -84,6 +84,11 @@ async def test_strangers_on_two_nodes_chat(redis: RedisServer) -> None:
         assert h1["node"]["id"] != h2["node"]["id"]
         assert (h1["node"]["online"], h2["node"]["online"]) == (1, 1)
         assert h1["node"]["redis"] == "ready"
+        metrics = await one.metrics()
+        assert metrics["chatroulette_redis_ready"] == 1
+        assert metrics["chatroulette_cross_node_messages_total"] >= 8
+        assert metrics["chatroulette_redis_latency_seconds_count"] > 0
+        assert metrics["chatroulette_dead_nodes_swept_total"] == 0
     finally:
         stop_all(started)
 
