@@ -215,3 +215,4 @@ class Person:
         """Type a message and press Enter."""
         self.message_box.fill(text)
         self.message_box.press("Enter")
+

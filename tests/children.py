@@ -12,7 +12,9 @@ message that gives the exit status or signal, stdout and stderr.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -122,3 +124,15 @@ def run_child(
     ended: defer.Deferred[ChildResult] = defer.Deferred()
     reactor.spawnProcess(_Collector(argv, ended), executable, argv, env=dict(env or {}), path=path)
     return ended
+
+
+def stop_by_pid(process: subprocess.Popen[bytes] | subprocess.Popen[str] | None, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Stop a server the tests started: C{sig} by PID, then SIGKILL if it has not ended within C{timeout} seconds."""
+    if process is None or process.poll() is not None:
+        return
+    os.kill(process.pid, sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout)

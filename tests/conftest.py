@@ -24,10 +24,15 @@ about the code under test.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from .redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 _NO_TIMING: dict[str, Any] = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", **_NO_TIMING)
@@ -39,3 +44,25 @@ _TRIAL_REACTOR_MODULES = ("test_load.py",)
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: 0 if item.path.name in _TRIAL_REACTOR_MODULES else 1)
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, on a free loopback port."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium (Debian's) per test module."""
+    from playwright.sync_api import sync_playwright
+
+    from .browser_support import launch_chromium
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()

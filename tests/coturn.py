@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from .children import stop_by_pid
 from .ports import free_port, free_port_range
 
 TURNSERVER = "/usr/bin/turnserver"
@@ -161,13 +161,7 @@ class Coturn:
         """SIGTERM by PID, then SIGKILL if it does not end; the temporary directory goes too."""
         process, self.process = self.process, None
         if process is not None:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    os.kill(process.pid, signal.SIGKILL)
-                    process.wait()
+            stop_by_pid(process, timeout=STOP_TIMEOUT)
             if process.stderr is not None:
                 process.stderr.close()
         if self._temp is not None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Sequence
 
+from .children import stop_by_pid
 from .ports import free_port, free_port_range
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -181,13 +181,7 @@ class HAProxy:
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL if it does not end; the temporary directory goes too."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_by_pid(process, timeout=STOP_TIMEOUT)
         if self._temp is not None:
             self._temp.cleanup()
             self._temp = None

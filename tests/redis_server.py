@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .children import stop_by_pid
 from .certs import make_certificate
 from .ports import free_port
 
@@ -120,14 +121,7 @@ class RedisServer:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, sig)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_by_pid(process, sig)
 
     def pause(self) -> None:
         """SIGSTOP: Redis keeps its connections open and answers nothing (a hung server)."""

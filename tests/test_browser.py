@@ -11,11 +11,11 @@ import uuid
 from typing import Any, Callable, Iterator
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, expect
 
 from chatroulette import messages
 
-from .browser_support import Person, ServerProcess, launch_chromium
+from .browser_support import Person, ServerProcess
 
 PAIRED = "You're now chatting with a random stranger. Say hi!"
 LOOKING = "Looking for someone you can chat with..."
@@ -30,14 +30,6 @@ def server() -> Iterator[ServerProcess]:
     running.start()
     yield running
     running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

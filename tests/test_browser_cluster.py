@@ -12,9 +12,9 @@ import re
 from typing import Any, Callable, Iterator
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, WebSocket, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, WebSocket, expect
 
-from .browser_support import Person, ServerProcess, launch_chromium
+from .browser_support import Person, ServerProcess
 from .redis_server import RedisServer
 
 PAIRED = "You're now chatting with a random stranger. Say hi!"
@@ -28,22 +28,6 @@ NOT_DELIVERED = "Your message was not delivered: the service is briefly unavaila
 RECOVERY_TIMEOUT_MS = 30_000
 
 Node = Callable[..., ServerProcess]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 @pytest.fixture

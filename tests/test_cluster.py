@@ -6,7 +6,7 @@ Redis fail the way docs/operations.md says.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -15,14 +15,6 @@ from twisted.internet import reactor
 from .cluster import Node, eventually, ready, start_node
 from .loopback import QueueClient, open_client
 from .redis_server import RedisServer
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 async def nodes(redis: RedisServer, count: int, *options: str) -> list[Node]:
