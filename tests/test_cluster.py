@@ -343,3 +343,19 @@ async def test_video_signals_cross_nodes(redis: RedisServer) -> None:
         assert (await a.next("signal"))["data"] == {"candidate": None}
     finally:
         stop_all(started)
+
+
+@pytest_twisted.ensureDeferred
+async def test_script_flushed_is_loaded_again(redis: RedisServer) -> None:
+    """SCRIPT FLUSH under a running node (NOSCRIPT): the request is refused as unavailable, and the node recovers by itself."""
+    (node,) = started = await nodes(redis, 1)
+    try:
+        a, b = await node.client(), await node.client()
+        assert redis.command("SCRIPT", "FLUSH").startswith(b"+OK")
+        a.send_json(type="find")
+        first = await answer(a)
+        assert first["type"] == "error" and first["code"] == "unavailable", first
+        await ready(node)
+        await pair(a, b)
+    finally:
+        stop_all(started)
