@@ -190,6 +190,13 @@ class Options(usage.Options):
             _redis_url,
         ],
         [
+            "redis-file",
+            None,
+            None,
+            "A file holding the --redis URL (its first line): a password in it stays off the "
+            "command line and out of the process list.",
+        ],
+        [
             "redis-prefix",
             None,
             DEFAULT_PREFIX,
@@ -297,6 +304,13 @@ class Options(usage.Options):
             "Shared secret for time-limited TURN credentials (the TURN REST API; coturn's "
             "use-auth-secret with static-auth-secret set to the same value). Needed by "
             "turn: and turns: --ice-server URLs.",
+        ],
+        [
+            "turn-secret-file",
+            None,
+            None,
+            "A file holding the --turn-secret (its first line), so that the secret is not "
+            "on the command line for every user to see in the process list.",
         ],
         [
             "turn-ttl",
@@ -578,6 +592,7 @@ class Options(usage.Options):
         if self["proxy-header"] != _DEFAULTS.proxy_header and not self["trust-proxy-headers"]:
             raise usage.UsageError("--proxy-header has no effect without --trust-proxy-headers")
         self._check_max_connections()
+        self._read_secret_files()
         if self["turn-ttl"] != DEFAULT_TURN_TTL and self["turn-secret"] is None:
             raise usage.UsageError("--turn-ttl has no effect without --turn-secret")
         problem = self.ice().problem()
@@ -597,6 +612,25 @@ class Options(usage.Options):
                 f"--state-dir {self['state-dir']!r} cannot be created or written: {e.strerror or e}"
             )
         self["state-dir"] = state
+
+    def _read_secret_files(self) -> None:
+        """--turn-secret-file and --redis-file: the value is the file's first line."""
+        for option, target, coerce in (
+            ("turn-secret-file", "turn-secret", str),
+            ("redis-file", "redis", _redis_url),
+        ):
+            path = self[option]
+            if path is None:
+                continue
+            if self[target] is not None:
+                raise usage.UsageError(f"--{option} and --{target} are two ways to say one thing: give one")
+            try:
+                lines = Path(path).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"--{option} {path!r} cannot be read: {getattr(e, 'strerror', None) or e}")
+            if not lines or not lines[0].strip():
+                raise usage.UsageError(f"--{option} {path!r} is empty")
+            self[target] = coerce(lines[0].strip())
 
     def _check_max_connections(self) -> None:
         if tuning.running_as_program(self):

@@ -153,6 +153,30 @@ class OptionsTests(SynchronousTestCase):
             IceConfig(("stun:s.example:3478", "turn:t.example:3478?transport=udp"), "sécret".encode(), 600.0, True),
         )
 
+    def test_secrets_from_files(self) -> None:
+        """--turn-secret-file and --redis-file read the secret (the URL) from a file's first line, off the command line."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / "turn").write_text("from-a-file\n")
+        (directory / "redis").write_text("redis://:pw@127.0.0.1:6390/2\n")
+        options = self.parse(
+            "--ice-server", "turn:t.example",
+            "--turn-secret-file", str(directory / "turn"),
+            "--redis-file", str(directory / "redis"),
+        )
+        self.assertEqual(options.ice().turn_secret, b"from-a-file")
+        self.assertEqual(options["redis"].password, "pw")
+        (directory / "empty").write_text("")
+        for args, words in [
+            (["--turn-secret-file", str(directory / "missing")], "cannot be read"),
+            (["--turn-secret-file", str(directory / "empty")], "is empty"),
+            (["--turn-secret-file", str(directory / "turn"), "--turn-secret", "x"], "give one"),
+            (["--redis-file", str(directory / "turn")], "--redis"),
+        ]:
+            with self.assertRaises(usage.UsageError) as e:
+                self.parse(*args)
+            self.assertIn(words, str(e.exception))
+
     def test_ice_usage_errors(self) -> None:
         """Bad ICE URLs and unusable combinations are usage errors naming the problem."""
         for args, words in [
