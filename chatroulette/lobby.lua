@@ -70,20 +70,24 @@ local function emit(c, ev)
   end
 end
 
-local function count(state, delta)
+-- Changes to the service-wide counts, written once at the end of the call.
+local delta = {online = 0, waiting = 0, chatting = 0}
+
+local function count(state, d)
   if state == 'chatting' then
-    redis.call('HINCRBY', P .. ':counts', 'chatting', delta)
+    delta.chatting = delta.chatting + d
   elseif state ~= 'idle' then
-    redis.call('HINCRBY', P .. ':counts', 'waiting', delta)
+    delta.waiting = delta.waiting + d
   end
 end
 
-local function set_state(c, state)
+-- Move c to state (and set other fields at the same time): one write.
+local function set_state(c, state, ...)
   count(c.state, -1)
   count(state, 1)
   c.state = state
-  c.epoch = redis.call('HINCRBY', ck(c.id), 'epoch', 1)
-  redis.call('HSET', ck(c.id), 'state', state)
+  c.epoch = c.epoch + 1
+  redis.call('HSET', ck(c.id), 'state', state, 'epoch', c.epoch, ...)
 end
 
 -- Pools ----------------------------------------------------------------------
@@ -144,12 +148,14 @@ end
 -- Leaving what one does ------------------------------------------------------------
 
 local function unqueue(c)
-  if c.open == '1' then pool_del(open_pool(c.mode), c.id) end
+  if c.open == '1' then
+    pool_del(open_pool(c.mode), c.id)
+    c.open = '0'
+    redis.call('HSET', ck(c.id), 'open', '0')
+  end
   for _, interest in ipairs(cjson.decode(c.interests)) do
     pool_del(interest_pool(c.mode, interest), c.id)
   end
-  c.open = '0'
-  redis.call('HSET', ck(c.id), 'open', '0')
 end
 
 local function end_chat(c)
@@ -157,8 +163,7 @@ local function end_chat(c)
   local chat = c.chat
   redis.call('HSET', ck(c.id), 'partner', '', 'chat', '', 'last', p.id)
   c.partner, c.chat, c.last = '', '', p.id
-  redis.call('HSET', ck(p.id), 'partner', '', 'chat', '', 'last', c.id)
-  set_state(p, 'idle')
+  set_state(p, 'idle', 'partner', '', 'chat', '', 'last', c.id)
   if cooldown > 0 then keep_apart(c.id, p.id, now + cooldown) end
   emit(p, {t = 'left', chat = chat, e = p.epoch})
 end
@@ -186,9 +191,8 @@ local function pair(one, other, shared, mode, initiator)
   local chat = string.format('%08x%08x', math.floor(rnd() * 4294967296), math.floor(rnd() * 4294967296))
   for _, ab in ipairs({{one, other}, {other, one}}) do
     local a, b = ab[1], ab[2]
-    redis.call('HSET', ck(a.id), 'partner', b.id, 'chat', chat, 'mode', mode)
     a.partner, a.chat, a.mode = b.id, chat, mode
-    set_state(a, 'chatting')
+    set_state(a, 'chatting', 'partner', b.id, 'chat', chat, 'mode', mode)
   end
   table.insert(pairs_, {chat = chat, one = one.name, other = other.name, shared = shared, mode = mode})
   for _, ab in ipairs({{one, other}, {other, one}}) do
@@ -240,7 +244,9 @@ local function pick(id, pks)
   return candidates[math.floor(rnd() * #candidates) + 1], blocked
 end
 
-local function match(c)
+-- Pair waiting c with a random compatible waiter, if any.  c is in the
+-- pools already (queued), or not yet (a find tries before queueing).
+local function match(c, queued)
   local found, blocked = nil, FOREVER
   local interests = cjson.decode(c.interests)
   if #interests > 0 then
@@ -270,10 +276,10 @@ local function match(c)
     end
     table.sort(shared)
   end
-  local mode = c.mode
-  become_idle(c)
-  become_idle(p)
-  pair(c, p, shared, mode, p)
+  -- Both are waiting: out of the pools, and straight to chatting.
+  if queued then unqueue(c) end
+  unqueue(p)
+  pair(c, p, shared, c.mode, p)
   return true
 end
 
@@ -284,7 +290,7 @@ local function disconnect(c)
   forget(c.id)
   redis.call('SREM', P .. ':n:' .. c.node, c.id)
   redis.call('DEL', ck(c.id))
-  redis.call('HINCRBY', P .. ':counts', 'online', -1)
+  delta.online = delta.online - 1
 end
 
 local function gone(n)
@@ -300,6 +306,12 @@ local function gone(n)
 end
 
 local function counts()
+  for _, field in ipairs({'online', 'waiting', 'chatting'}) do
+    if delta[field] ~= 0 then
+      redis.call('HINCRBY', P .. ':counts', field, delta[field])
+      delta[field] = 0
+    end
+  end
   local v = redis.call('HMGET', P .. ':counts', 'online', 'waiting', 'chatting')
   return {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0')}
 end
@@ -324,7 +336,7 @@ if cmd == 'connect' then
     redis.call('HSET', ck(id), 'node', node, 'name', ARGV[7], 'addr', ARGV[8], 'state', 'idle',
                'mode', 'text', 'interests', '[]', 'open', '0', 'epoch', 0)
     redis.call('SADD', P .. ':n:' .. node, id)
-    redis.call('HINCRBY', P .. ':counts', 'online', 1)
+    delta.online = delta.online + 1
   end
   result.e = 0
 elseif cmd == 'disconnect' then
@@ -335,17 +347,17 @@ elseif cmd == 'find' then
   with_client(ARGV[6], function(c)
     become_idle(c)
     c.mode, c.interests = ARGV[7], ARGV[8]
-    redis.call('HSET', ck(c.id), 'mode', c.mode, 'interests', c.interests)
-    set_state(c, 'waiting')
     local interests = cjson.decode(c.interests)
-    if #interests > 0 then
-      for _, interest in ipairs(interests) do pool_add(interest_pool(c.mode, interest), c.id) end
-    else
-      pool_add(open_pool(c.mode), c.id)
-      c.open = '1'
-      redis.call('HSET', ck(c.id), 'open', '1')
+    c.open = #interests > 0 and '0' or '1'
+    set_state(c, 'waiting', 'mode', c.mode, 'interests', c.interests, 'open', c.open)
+    if not match(c, false) then
+      if #interests > 0 then
+        for _, interest in ipairs(interests) do pool_add(interest_pool(c.mode, interest), c.id) end
+      else
+        pool_add(open_pool(c.mode), c.id)
+      end
+      emit(c, {t = 'waiting', e = c.epoch})
     end
-    if not match(c) then emit(c, {t = 'waiting', e = c.epoch}) end
   end)
 elseif cmd == 'join' then
   -- ARGV[6..7]: id, invite code
@@ -368,12 +380,12 @@ elseif cmd == 'open_up' then
       pool_add(open_pool(c.mode), c.id)
       c.open = '1'
       redis.call('HSET', ck(c.id), 'open', '1')
-      match(c)
+      match(c, true)
     end
   end)
 elseif cmd == 'retry' then
   with_client(ARGV[6], function(c)
-    if c.state == 'waiting' then match(c) end
+    if c.state == 'waiting' then match(c, true) end
   end)
 elseif cmd == 'invite' then
   -- ARGV[6..9]: id, mode, code, lifetime (seconds; the key outlives it a
@@ -461,7 +473,7 @@ elseif cmd == 'assert' then
                'partner', v.partner, 'chat', v.chat, 'last', '', 'reported', '',
                'invite', v.invite, 'epoch', v.epoch)
     redis.call('SADD', P .. ':n:' .. node, id)
-    redis.call('HINCRBY', P .. ':counts', 'online', 1)
+    delta.online = delta.online + 1
     count(v.state, 1)
     if v.state == 'waiting' then
       if v.open then pool_add(open_pool(v.mode), id) end
@@ -475,7 +487,7 @@ elseif cmd == 'assert' then
   -- back before: match them now, as their finds would have.
   for _, v in ipairs(view) do
     local c = load(v.id)
-    if c and c.state == 'waiting' then match(c) end
+    if c and c.state == 'waiting' then match(c, true) end
   end
   -- The bans in force, for the node's own copy.
   local bans = {}

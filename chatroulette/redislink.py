@@ -13,8 +13,10 @@ Redis stopped answering (not only one that closed), so losing Redis is seen
 within about two seconds.  The heartbeat (on the lobby's clock) tells Redis
 this node lives and sweeps nodes that stopped.
 
-Built on txredisapi's protocol classes (see docs/design.md for why); the
-connection handling is Twisted's L{ClientService}.
+Built on txredisapi's protocol classes (see docs/design.md for why), which
+parse replies with hiredis (a C parser; txredisapi picks it when it is
+installed, and it is a dependency here); the connection handling is
+Twisted's L{ClientService}.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -45,6 +48,11 @@ DEFAULT_DEAD_AFTER = 15.0
 MAX_RECONNECT_DELAY = 2.0
 # Round-trip latency histogram buckets (seconds).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def _tell(receivers: int, callbacks: list[Callable[[int], None]]) -> None:
+    for delivered in callbacks:
+        delivered(receivers)
 
 
 class RedisURLError(ValueError):
@@ -228,6 +236,8 @@ class RedisLink(Service):
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self._clock
         self._readiness_waiters: list[Deferred[None]] = []
+        self._outbox: dict[str, tuple[list[object], list[Callable[[int], None]]]] = {}
+        self._outbox_call: Any = None
 
     def attach(
         self,
@@ -419,6 +429,8 @@ class RedisLink(Service):
         cmd = self._cmd
         if cmd is None:
             return fail(ConnectionError("Redis is not connected"))
+        if self._outbox:
+            self._send_outbox()
         start = self._reactor.seconds()
         d: Deferred[str] = maybeDeferred(cmd.evalsha, self._sha, list(keys), list(args))
         d.addCallback(self._timed, start)
@@ -427,6 +439,33 @@ class RedisLink(Service):
     def _timed(self, reply: str, start: float) -> str:
         self.stats.observe(self._reactor.seconds() - start)
         return reply
+
+    def publish_soon(self, channel: str, item: object, delivered: Callable[[int], None] | None) -> None:
+        """
+        Publish C{item} on C{channel} with everything else published there
+        in this reactor turn: one C{PUBLISH} of a JSON list per channel and
+        turn, in order.  C{delivered} gets how many subscribers received it
+        (0 if none, or if Redis could not be reached).  Sent before the next
+        script call, so a message is never overtaken by what its sender did next.
+        """
+        batch = self._outbox.get(channel)
+        if batch is None:
+            batch = self._outbox[channel] = ([], [])
+            if self._outbox_call is None:
+                self._outbox_call = self._reactor.callLater(0, self._send_outbox)
+        batch[0].append(item)
+        if delivered is not None:
+            batch[1].append(delivered)
+
+    def _send_outbox(self) -> None:
+        if self._outbox_call is not None:
+            if self._outbox_call.active():
+                self._outbox_call.cancel()
+            self._outbox_call = None
+        outbox, self._outbox = self._outbox, {}
+        for channel, (items, callbacks) in outbox.items():
+            d = self.publish(channel, orjson.dumps(items).decode())
+            d.addCallbacks(_tell, lambda _, cs=callbacks: _tell(0, cs), callbackArgs=(callbacks,))
 
     def publish(self, channel: str, message: str) -> Deferred[int]:
         cmd = self._cmd
@@ -439,6 +478,8 @@ class RedisLink(Service):
         Fires once every call made so far is answered and every message
         published before then has arrived on this node's channel.
         """
+        if self._outbox:
+            self._send_outbox()
         cmd, sub = self._cmd, self._sub
         if cmd is None or sub is None:
             return succeed(None)

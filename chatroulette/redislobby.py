@@ -27,6 +27,7 @@ import json
 import random
 import secrets
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from typing import Any, Callable, Sequence
 
@@ -415,7 +416,8 @@ class RedisLobby:
         """Something published on this node's channel."""
         event = json.loads(payload)
         if isinstance(event, list):
-            self._relayed(event)
+            for item in event:  # a node's batch of relayed messages, in order
+                self._relayed(item)
         elif event.get("t") == "ban":
             self._banned(event["addr"], event["until"])
         else:
@@ -486,19 +488,13 @@ class RedisLobby:
             local.peer.send_error(UNAVAILABLE, UNAVAILABLE_TEXT)
             return
         self.cross_node_messages += 1
-        event = json.dumps([kind, partner.id, local.chat, local.id, payload])
-        d = self._link.publish(f"{self.prefix}:ch:{partner.node}", event)
-        if kind != "t":
-            d.addCallbacks(self._published, self._not_published, callbackArgs=(local,), errbackArgs=(local,))
-        else:
-            d.addErrback(lambda _: None)
+        item = [kind, partner.id, local.chat, local.id, payload]
+        delivered = None if kind == "t" else partial(self._published, local)
+        self._link.publish_soon(f"{self.prefix}:ch:{partner.node}", item, delivered)
 
-    def _published(self, receivers: int, local: _Local) -> None:
+    def _published(self, local: _Local, receivers: int) -> None:
+        """Nobody received it (that node is gone): the sender hears so."""
         if not receivers and self._by_id.get(local.id) is local:
-            local.peer.send_error(UNAVAILABLE, UNAVAILABLE_TEXT)
-
-    def _not_published(self, failure: Failure, local: _Local) -> None:
-        if self._by_id.get(local.id) is local:
             local.peer.send_error(UNAVAILABLE, UNAVAILABLE_TEXT)
 
     def _relayed(self, event: list[Any]) -> None:
@@ -508,9 +504,7 @@ class RedisLobby:
             if kind != "t" and kind != "x":
                 # Undeliverable (the chat ended here first): the sender hears so.
                 node = sender.split(".", 1)[0]
-                self._link.publish(
-                    f"{self.prefix}:ch:{node}", json.dumps(["x", sender, chat, to, None])
-                ).addErrback(lambda _: None)
+                self._link.publish_soon(f"{self.prefix}:ch:{node}", ["x", sender, chat, to, None], None)
             return
         peer = local.peer
         if kind == "m":
