@@ -432,7 +432,11 @@ class RedisLink(Service):
         if self._outbox:
             self._send_outbox()
         start = self._reactor.seconds()
-        d: Deferred[str] = maybeDeferred(cmd.evalsha, self._sha, list(keys), list(args))
+        # EVALSHA itself: txredisapi's evalsha() adds callbacks for its own
+        # script bookkeeping (and a resend on NOSCRIPT, which we must not
+        # have: see reassert).
+        command: list[object] = ["EVALSHA", self._sha, len(keys), *keys, *args]
+        d: Deferred[str] = maybeDeferred(cmd.execute_command, *command)
         d.addCallback(self._timed, start)
         return d
 

@@ -31,6 +31,7 @@ from functools import partial
 from importlib import resources
 from typing import Any, Callable, Sequence
 
+import orjson
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -328,7 +329,7 @@ class RedisLobby:
     def _answered(self, reply: str, local: _Local | None, command: str, seq: int) -> None:
         if command == "connect":
             self._connecting -= 1
-        result = json.loads(reply)
+        result = orjson.loads(reply)
         self._take_counts(result)
         for chat in result.get("pairs") or ():
             self._paired(chat)
@@ -414,7 +415,7 @@ class RedisLobby:
 
     def _on_event(self, payload: str) -> None:
         """Something published on this node's channel."""
-        event = json.loads(payload)
+        event = orjson.loads(payload)
         if isinstance(event, list):
             for item in event:  # a node's batch of relayed messages, in order
                 self._relayed(item)
