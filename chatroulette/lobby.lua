@@ -168,7 +168,9 @@ local function end_chat(c)
   emit(p, {t = 'left', chat = chat, e = p.epoch})
 end
 
-local function become_idle(c)
+-- Leave the queue, the invite or the chat (telling the partner); the
+-- caller sets the new state.
+local function leave_current(c)
   if c.state == 'waiting' then
     unqueue(c)
   elseif c.state == 'inviting' then
@@ -182,6 +184,10 @@ local function become_idle(c)
   elseif c.state == 'chatting' then
     end_chat(c)
   end
+end
+
+local function become_idle(c)
+  leave_current(c)
   if c.state ~= 'idle' then set_state(c, 'idle') end
 end
 
@@ -345,7 +351,7 @@ elseif cmd == 'disconnect' then
 elseif cmd == 'find' then
   -- ARGV[6..8]: id, mode, interests (JSON list)
   with_client(ARGV[6], function(c)
-    become_idle(c)
+    leave_current(c)
     c.mode, c.interests = ARGV[7], ARGV[8]
     local interests = cjson.decode(c.interests)
     c.open = #interests > 0 and '0' or '1'
