@@ -257,7 +257,7 @@ class RedisLink(Service):
     def attach_lobby(self, lobby: Any) -> None:
         """Heartbeats and the graceful goodbye, from the lobby that uses this link."""
         self._keys = [lobby.prefix]
-        self._heartbeat_args = lobby._heartbeat_args
+        self._heartbeat_args = lobby.heartbeat_args
         self._take_heartbeat = lobby.take_heartbeat
         self._gone_args = lobby.gone_args
         self._take_assert = lobby.take_assert

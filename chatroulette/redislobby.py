@@ -65,7 +65,7 @@ def _cancel(call: DelayedCall | None) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Someone:
+class ClientInfo:
     """A (past) partner as this node knows it: enough to report them."""
 
     id: str
@@ -88,9 +88,9 @@ class _Local:
     interests: tuple[str, ...] = ()
     open: bool = False
     chat: str = ""
-    partner: Someone | None = None
+    partner: ClientInfo | None = None
     partner_peer: Peer | None = None  # the partner's peer, when on this node
-    last: Someone | None = None
+    last: ClientInfo | None = None
     reported: str = ""
     invite: str = ""
     timers: list[DelayedCall] = field(default_factory=list)
@@ -259,7 +259,7 @@ class RedisLobby:
         self._call("invite", local, local.id, mode, code, INVITE_LIFETIME)
         return code
 
-    def report(self, peer: Peer, reason: str = "") -> Someone | None:
+    def report(self, peer: Peer, reason: str = "") -> ClientInfo | None:
         local = self._clients[peer]
         reported = local.partner if local.state is _CHATTING else local.last
         if reported is None:
@@ -374,7 +374,14 @@ class RedisLobby:
             local.timers.append(self._clock.callLater(delay, self._timer_call, local, "retry"))
 
     def _failed(self, failure: Failure, local: _Local | None, command: str) -> None:
-        self._log.failure("Redis call {command} failed", failure, command=command, event="redis")
+        if self._link.ready:
+            # Once per loss, not once per call in flight (the log has a budget).
+            self._log.warn(
+                "Redis call {command} failed ({why}): writing this node's state back",
+                command=command,
+                why=failure.getErrorMessage(),
+                event="redis",
+            )
         if command == "connect":
             self._connecting -= 1
         if local is not None and command in _FINDS:
@@ -461,7 +468,7 @@ class RedisLobby:
             local.chat = event["chat"]
             local.invite = ""
             node = event["pnode"]
-            local.partner = Someone(event["pid"], event["pname"], event["paddr"] or None, node)
+            local.partner = ClientInfo(event["pid"], event["pname"], event["paddr"] or None, node)
             partner = self._by_id.get(event["pid"]) if node == self.node else None
             local.partner_peer = partner.peer if partner is not None else None
             shared = event.get("shared")
@@ -545,7 +552,7 @@ class RedisLobby:
             other = self._clients.get(partner_peer)
             if other is not None and other.chat == chat:
                 other.state, other.partner, other.partner_peer, other.chat = _IDLE, None, None, ""
-                other.last = Someone(local.id, local.client_id, local.address_key, self.node)
+                other.last = ClientInfo(local.id, local.client_id, local.address_key, self.node)
                 if tell_partner:
                     partner_peer.send_partner_left(chat)
 
@@ -584,7 +591,7 @@ class RedisLobby:
             )
         return self._args("assert", json.dumps(view))
 
-    def _heartbeat_args(self, dead_after: float) -> list[object]:
+    def heartbeat_args(self, dead_after: float) -> list[object]:
         return self._args("heartbeat", dead_after)
 
     def take_assert(self, reply: str) -> None:
