@@ -146,7 +146,8 @@ class HAProxy:
             try:
                 for port in (self.port, self.proxied_port):
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                if all(row["check_status"] != "INI" for row in self.stats().values()):
+                # "* INI": the first check is running, not done.
+                if all(row["check_status"].lstrip("* ") != "INI" for row in self.stats().values()):
                     return
             except OSError:
                 pass
