@@ -75,11 +75,6 @@ def run_bench(
     ]
 
 
-def value(row: dict[str, Any], scenario: str, key: str) -> float | None:
-    v = row.get(scenario, {}).get(key)
-    return float(v) if isinstance(v, (int, float)) else None
-
-
 def medians(runs: list[list[dict[str, Any]]]) -> dict[str, dict[tuple[str, str], float]]:
     """server -> (scenario, key) -> median over the runs that produced a figure."""
     samples: dict[str, dict[tuple[str, str], list[float]]] = {}
@@ -87,7 +82,7 @@ def medians(runs: list[list[dict[str, Any]]]) -> dict[str, dict[tuple[str, str],
         for row in rows:
             per = samples.setdefault(row["server"], {})
             for scenario, key, _, _ in METRICS:
-                v = value(row, scenario, key)
+                v = harness.figure(row, scenario, key)
                 if v is not None:
                     per.setdefault((scenario, key), []).append(v)
     return {
@@ -105,20 +100,6 @@ def head_commit() -> str:
     return subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True
     ).stdout.strip()
-
-
-def per_run_ratios(
-    runs: list[list[dict[str, Any]]], scenario: str, key: str, base: str
-) -> list[float]:
-    """Our figure over the baseline's, run by run (same-run ratios), for the runs that have both."""
-    out = []
-    for rows in runs:
-        by = {row["server"]: row for row in rows}
-        if US in by and base in by:
-            a, b = value(by[US], scenario, key), value(by[base], scenario, key)
-            if a is not None and b:
-                out.append(a / b)
-    return out
 
 
 def table(
@@ -147,7 +128,7 @@ def table(
         cells = []
         for base in baselines:
             # With the raw runs: the median of the same-run ratios, and each run's ratio.
-            each = per_run_ratios(raw, scenario, key, base) if raw else []
+            each = harness.same_run_ratios(raw, US, base, scenario, key) if raw else []
             if each:
                 cells.append(
                     f"{statistics.median(each):.2f} ("

@@ -65,8 +65,8 @@ async def start_node(redis_url: str, *options: str) -> Node:
     return Node(process, transport, port)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll C{check} until it is true, failing after C{timeout} seconds."""
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
+    """Poll C{check} until it holds; fail saying C{what} did not happen within C{timeout} seconds."""
     deadline = reactor.seconds() + timeout
     while not await check():
         if reactor.seconds() > deadline:
@@ -79,4 +79,4 @@ async def ready(node: Node, timeout: float = 20) -> None:
         code, _ = await node.health()
         return code == 200
 
-    await eventually(check, timeout, f"node on port {node.port} ready:\n{node.output()}")
+    await eventually(check, f"node on port {node.port} ready:\n{node.output()}", timeout)

@@ -71,7 +71,7 @@ async def test_strangers_on_two_nodes_chat(redis: RedisServer) -> None:
             (code_one, h1), (code_two, h2) = await one.health(), await two.health()
             return (code_one, code_two, h1["online"], h2["online"]) == (200, 200, 2, 2)
 
-        await eventually(counted, 10, "both nodes count the whole cluster")
+        await eventually(counted, "both nodes count the whole cluster", 10)
         (_, h1), (_, h2) = await one.health(), await two.health()
         assert h1["node"]["id"] != h2["node"]["id"]
         assert (h1["node"]["online"], h2["node"]["online"]) == (1, 1)
@@ -132,7 +132,7 @@ async def test_killed_node_declared_dead(redis: RedisServer) -> None:
             _, health = await two.health()
             return bool(health["online"] == 2 and health["waiting"] == 1)
 
-        await eventually(forgotten, 10, "the dead node's clients leave the counts")
+        await eventually(forgotten, "the dead node's clients leave the counts", 10)
     finally:
         stop_all(started)
 
@@ -152,7 +152,7 @@ async def test_graceful_stop_tells_partners_at_once(redis: RedisServer) -> None:
             _, health = await two.health()
             return bool(health["online"] == 1)
 
-        await eventually(alone, 5, "the stopped node's clients leave the counts")
+        await eventually(alone, "the stopped node's clients leave the counts", 5)
     finally:
         stop_all(started)
 
@@ -198,7 +198,7 @@ async def test_redis_down_then_back_empty(redis: RedisServer) -> None:
             _, health = await one.health()
             return bool(health["online"] == 5 and health["chatting"] == 2)
 
-        await eventually(counted, 10, "the counts are rebuilt from what the nodes own")
+        await eventually(counted, "the counts are rebuilt from what the nodes own", 10)
     finally:
         stop_all(started)
 
@@ -254,9 +254,7 @@ async def test_wrong_password_never_ready() -> None:
     url = server.url.replace(":right@", ":wrong@")
     node = await start_node(url)
     try:
-        await eventually(
-            lambda: _logged(node, "could not auth"), 10, "the refused login is logged"
-        )
+        await eventually(lambda: _logged(node, "could not auth"), "the refused login is logged", 10)
         code, health = await node.health()
         assert (code, health["status"]) == (503, "degraded")
         assert "wrong" not in node.output()
@@ -315,7 +313,7 @@ async def test_hung_redis_seen_within_two_seconds(redis: RedisServer) -> None:
             code, _ = await node.health()
             return code == 503
 
-        await eventually(degraded, 2.5, "/healthz says 503")
+        await eventually(degraded, "/healthz says 503", 2.5)
         assert reactor.seconds() - stopped <= 2.5
         redis.resume()
         await ready(node)

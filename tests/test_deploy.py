@@ -30,13 +30,14 @@ from typing import AsyncIterator, Awaitable, Callable, cast
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import defer, endpoints, reactor
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import Factory
 from twisted.web.client import Agent
 
 from chatroulette.load import ClientConfig, run_relay
 
+from .cluster import eventually as cluster_eventually
 from .haproxy import CONFIG, HAProxy, check_config, environment, proxy_line
 from .hostile import handshake
 from .redis_server import RedisServer
@@ -134,12 +135,8 @@ async def cluster(*options: str) -> AsyncIterator[Cluster]:
 
 
 async def eventually(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = ROUTING_TIMEOUT) -> None:
-    """Poll C{condition} until it holds; fail saying C{what} did not happen within C{timeout} seconds."""
-    deadline = reactor.seconds() + timeout
-    while not await condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await task.deferLater(reactor, 0.05)
+    """L{tests.cluster.eventually}, by default within the time HAProxy takes to route around a node."""
+    await cluster_eventually(condition, what, timeout)
 
 
 async def welcomed(url: str) -> QueueClient:
