@@ -24,6 +24,8 @@ about the code under test.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
@@ -44,6 +46,18 @@ _TRIAL_REACTOR_MODULES = ("test_load.py",)
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: 0 if item.path.name in _TRIAL_REACTOR_MODULES else 1)
+
+
+@pytest.fixture(autouse=True)
+def _trial_mktemp_in_tmp_path(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """
+    trial's TestCase.mktemp() makes its directories under the working
+    directory, which is the checkout when pytest runs the suite: give each
+    call a fresh directory under the test's own tmp_path instead.
+    """
+    instance = request.instance
+    if instance is not None and hasattr(instance, "mktemp"):
+        instance.mktemp = lambda: os.path.join(tempfile.mkdtemp(dir=tmp_path), "temp")
 
 
 @pytest.fixture
