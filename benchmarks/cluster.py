@@ -4,7 +4,7 @@ pairing of two nodes and their C{redis-server}, as ratios to the in-memory
 single process, all measured in the same run.
 
     .venv/bin/python benchmarks/cluster.py [--runs 3] [--pairs 1000] [--rate 3]
-        [--duration 20] [--churn-clients 400] [--raw raw.jsonl]
+        [--duration 20] [--churn-clients 400] [--kinds relay,churn] [--raw raw.jsonl]
 
 It starts everything it measures itself, on free loopback ports, from this
 checkout (C{twistd -n chatroulette --listen tcp:PORT:interface=127.0.0.1},
@@ -95,9 +95,15 @@ def free_port() -> int:
 
 def cpu_seconds(pid: int | str) -> float:
     """User + system CPU seconds of one process, from C{/proc/PID/stat}."""
+    user, system = user_system_seconds(pid)
+    return user + system
+
+
+def user_system_seconds(pid: int | str) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds of one process, from C{/proc/PID/stat}."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+    return int(fields[11]) / CLOCK_TICK, int(fields[12]) / CLOCK_TICK
 
 
 def machine_busy() -> tuple[float, float]:
@@ -120,14 +126,18 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 class Redis:
     """A C{redis-server} on a free loopback port, nothing saved, in its own temporary directory."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, unix: bool = False) -> None:
         self.port = free_port()
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir()
+        self.unix = unix
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """Where the nodes find it: loopback TCP, or (C{--unix}) its Unix socket."""
+        if self.unix:
+            return f"unix://{self.dir / 'redis.sock'}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
@@ -135,6 +145,7 @@ class Redis:
             REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--save", "", "--appendonly", "no", "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
+            "--unixsocket", str(self.dir / "redis.sock"), "--unixsocketperm", "700",
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
@@ -282,7 +293,11 @@ class Meter:
         self._start = self._sample()
 
     def _sample(self) -> dict[str, float]:
-        sample = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        sample = {}
+        for name, pid in self.pids.items():
+            user, system = user_system_seconds(pid)
+            sample[name] = user + system
+            sample["_sys_" + name] = system
         sample["_load"] = cpu_seconds("self")
         sample["_busy"], sample["_total"] = machine_busy()
         sample["_wall"] = time.monotonic()
@@ -295,6 +310,7 @@ class Meter:
         total = delta.pop("_total")
         busy = delta.pop("_busy")
         load = delta.pop("_load")
+        kernel = {name: delta.pop("_sys_" + name) for name in self.pids}
         servers = sum(delta.values())
         commands = {}
         if self.redis is not None:
@@ -304,6 +320,8 @@ class Meter:
             "wall_s": wall,
             "server_cpu_s": servers,
             **{f"cpu_{name}_s": value for name, value in delta.items()},
+            # The kernel's share of each process's CPU (system time).
+            **{f"sys_{name}_s": value for name, value in kernel.items()},
             "load_tool_cpu_s": load,
             # Shares of the whole machine (all CPUs) over the window.
             "servers_share": servers / wall / CPUS,
@@ -515,8 +533,11 @@ async def single_process(reactor: Any, workdir: Path, args: argparse.Namespace) 
         node.wait_ready()
         pids = {"single": node.pid}
         pairs = [(node.url, node.url)] * args.pairs
-        rows = [await relay(reactor, "a", pairs, [node], pids, args.rate, args.duration)]
-        rows.append(await churn(reactor, "a", [node.url], pids, args.churn_clients, args.duration))
+        rows = []
+        if "relay" in args.kinds:
+            rows.append(await relay(reactor, "a", pairs, [node], pids, args.rate, args.duration))
+        if "churn" in args.kinds:
+            rows.append(await churn(reactor, "a", [node.url], pids, args.churn_clients, args.duration))
         return rows
     finally:
         node.stop()
@@ -544,7 +565,7 @@ async def two_plain_processes(reactor: Any, workdir: Path, args: argparse.Namesp
 
 
 async def two_nodes(reactor: Any, workdir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    redis = Redis(workdir)
+    redis = Redis(workdir, unix=args.unix)
     redis.start()
     nodes = [Node(f"node{i}", workdir, redis.url, NODE_OPTIONS) for i in (1, 2)]
     try:
@@ -556,9 +577,12 @@ async def two_nodes(reactor: Any, workdir: Path, args: argparse.Namespace) -> li
         one, two = nodes[0].url, nodes[1].url
         same = [(one, one) if k % 2 == 0 else (two, two) for k in range(args.pairs)]
         across = [(one, two) if k % 2 == 0 else (two, one) for k in range(args.pairs)]
-        rows = [await relay(reactor, "b", same, nodes, pids, args.rate, args.duration, redis)]
-        rows.append(await relay(reactor, "c", across, nodes, pids, args.rate, args.duration, redis))
-        rows.append(await churn(reactor, "d", [one, two], pids, args.churn_clients, args.duration, redis))
+        rows = []
+        if "relay" in args.kinds:
+            rows.append(await relay(reactor, "b", same, nodes, pids, args.rate, args.duration, redis))
+            rows.append(await relay(reactor, "c", across, nodes, pids, args.rate, args.duration, redis))
+        if "churn" in args.kinds:
+            rows.append(await churn(reactor, "d", [one, two], pids, args.churn_clients, args.duration, redis))
         return rows
     finally:
         for node in nodes:
@@ -702,7 +726,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         for run in range(args.runs):
             RUN = run
             steps = [single_process, two_nodes] if run % 2 == 0 else [two_nodes, single_process]
-            if args.control:
+            if args.control and "relay" in args.kinds:
                 steps.insert(1, two_plain_processes)
             for step in steps:
                 for row in await step(reactor, workdir, args):
@@ -711,7 +735,12 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                     print(
                         f"run {run} {row['config']} {row['kind']}: {row['us_per_unit']:.1f} us/unit, "
                         f"servers {row['server_cpu_s']:.2f} CPU-s, load tool {row['load_tool_share']:.0%} "
-                        f"of the machine, machine busy {row['machine_busy_share']:.0%}"
+                        f"of the machine, machine busy {row['machine_busy_share']:.0%}; "
+                        + ", ".join(
+                            f"{k[4:-2]} {row['cpu_' + k[4:]]:.2f} CPU-s ({row[k] / row['cpu_' + k[4:]]:.0%} kernel)"
+                            for k in row
+                            if k.startswith("sys_") and row["cpu_" + k[4:]]
+                        )
                         + "".join(f"; PROBLEM: {p}" for p in check(row, args.pairs)),
                         file=sys.stderr,
                     )
@@ -739,6 +768,15 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=3.0, help="relay: messages a second per client (default 3)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of each measured window (default 20)")
     parser.add_argument("--churn-clients", type=int, default=400, help="churn: clients (default 400)")
+    parser.add_argument(
+        "--kinds",
+        type=lambda text: set(text.split(",")),
+        default={"relay", "churn"},
+        help="what to measure: relay, churn or relay,churn (the default)",
+    )
+    parser.add_argument(
+        "--unix", action="store_true", help="the nodes reach Redis on its Unix socket (same machine), not loopback TCP"
+    )
     parser.add_argument("--raw", help="append every measurement as one JSON line to this file")
     parser.add_argument(
         "--control",

@@ -12,11 +12,12 @@
 --                    invite, epoch)
 --   P:n:<node>       set: the node's clients
 --   P:nodes          sorted set: node -> last heartbeat (node's clock)
---   P:p:<mode>:o     a pool: waiters open to anyone in <mode>
---   P:p:<mode>:i:<interest>   a pool: waiters with <interest>
---                    (a pool is two hashes, ":at" index -> id and ":pos"
---                    id -> index, for O(1) add, remove and random choice)
---   P:a:<id>         hash: clients kept apart from <id> -> until when
+--   P:q:<mode>:o     sorted set: the pool of waiters open to anyone in <mode>
+--   P:q:<mode>:i:<interest>   sorted set: the pool of waiters with <interest>
+--                    (every score 0: one command adds or removes a waiter,
+--                    and a waiter is reached by its rank in O(log n))
+--   P:a:<id>         sorted set: clients kept apart from <id>, scored by
+--                    until when (inf: never again)
 --   P:i:<code>       string: the inviting client's id
 --   P:counts         hash: online, waiting, chatting (the whole service)
 -- Channel P:ch:<node>: events for the clients of <node>, as JSON.
@@ -35,7 +36,6 @@ local cooldown = tonumber(ARGV[5])
 local FOREVER = 1e300
 local PROBES = 8
 local SCAN_LIMIT = 1024
-local PRUNE_MIN = 64
 
 local out = {}
 local pairs_ = {}
@@ -81,77 +81,42 @@ local function count(state, d)
   end
 end
 
--- Move c to state (and set other fields at the same time): one write.
+-- Move c to state (and set other fields at the same time): one write,
+-- which also saves whether c is in the open pool.
 local function set_state(c, state, ...)
   count(c.state, -1)
   count(state, 1)
   c.state = state
   c.epoch = c.epoch + 1
-  redis.call('HSET', ck(c.id), 'state', state, 'epoch', c.epoch, ...)
+  redis.call('HSET', ck(c.id), 'state', state, 'epoch', c.epoch, 'open', c.open, ...)
 end
 
 -- Pools ----------------------------------------------------------------------
 
-local function open_pool(mode) return P .. ':p:' .. mode .. ':o' end
-local function interest_pool(mode, interest) return P .. ':p:' .. mode .. ':i:' .. interest end
+local function open_pool(mode) return P .. ':q:' .. mode .. ':o' end
+local function interest_pool(mode, interest) return P .. ':q:' .. mode .. ':i:' .. interest end
 
-local function pool_add(pk, id)
-  if redis.call('HEXISTS', pk .. ':pos', id) == 1 then return end
-  local n = redis.call('HLEN', pk .. ':pos')
-  redis.call('HSET', pk .. ':pos', id, n)
-  redis.call('HSET', pk .. ':at', n, id)
-end
-
-local function pool_del(pk, id)
-  local i = redis.call('HGET', pk .. ':pos', id)
-  if not i then return end
-  redis.call('HDEL', pk .. ':pos', id)
-  local last = redis.call('HLEN', pk .. ':pos')
-  local last_id = redis.call('HGET', pk .. ':at', last)
-  redis.call('HDEL', pk .. ':at', last)
-  if tonumber(i) ~= last then
-    redis.call('HSET', pk .. ':at', i, last_id)
-    redis.call('HSET', pk .. ':pos', last_id, i)
-  end
-end
+local function pool_add(pk, id) redis.call('ZADD', pk, 0, id) end
+local function pool_del(pk, id) redis.call('ZREM', pk, id) end
 
 -- Keeping apart -----------------------------------------------------------------
-
-local function prune(id)
-  local ak = P .. ':a:' .. id
-  local entries = redis.call('HGETALL', ak)
-  for i = 1, #entries, 2 do
-    if tonumber(entries[i + 1]) <= now then
-      redis.call('HDEL', ak, entries[i])
-      redis.call('HDEL', P .. ':a:' .. entries[i], id)
-    end
-  end
-end
 
 local function keep_apart(a, b, untill)
   for _, pair in ipairs({{a, b}, {b, a}}) do
     local ak = P .. ':a:' .. pair[1]
-    local old = tonumber(redis.call('HGET', ak, pair[2]) or '0')
-    if untill > old then redis.call('HSET', ak, pair[2], untill) end
-    if redis.call('HLEN', ak) > PRUNE_MIN then prune(pair[1]) end
+    -- GT: a longer keeping apart (never again) is never shortened.
+    redis.call('ZADD', ak, 'GT', untill, pair[2])
+    redis.call('ZREMRANGEBYSCORE', ak, '-inf', '(' .. now)
   end
-end
-
-local function forget(id)
-  local ak = P .. ':a:' .. id
-  for _, other in ipairs(redis.call('HKEYS', ak)) do
-    redis.call('HDEL', P .. ':a:' .. other, id)
-  end
-  redis.call('DEL', ak)
 end
 
 -- Leaving what one does ------------------------------------------------------------
 
+-- Out of the pools; the caller's set_state saves it.
 local function unqueue(c)
   if c.open == '1' then
     pool_del(open_pool(c.mode), c.id)
     c.open = '0'
-    redis.call('HSET', ck(c.id), 'open', '0')
   end
   for _, interest in ipairs(cjson.decode(c.interests)) do
     pool_del(interest_pool(c.mode, interest), c.id)
@@ -208,46 +173,78 @@ local function pair(one, other, shared, mode, initiator)
   end
 end
 
+-- The first of members that id is not kept apart from, else nil; and
+-- the earliest time one of them may be met (FOREVER if none).
+local function first_free(id, members)
+  if #members == 0 then return nil, FOREVER end
+  local untils = redis.call('ZMSCORE', P .. ':a:' .. id, unpack(members))
+  local earliest = FOREVER
+  for i, m in ipairs(members) do
+    local u = tonumber(untils[i])
+    if not u or u <= now then return m, earliest end
+    if u < earliest then earliest = u end
+  end
+  return nil, earliest
+end
+
+-- A random waiter from the pools pks whom id may meet, and the earliest
+-- time one it may not meet yet may be met.  Small pools (the usual case)
+-- are read whole, one command each, and a waiter is chosen uniformly among
+-- those id may meet; bigger ones are sampled: PROBES uniform draws, the
+-- first that id may meet wins (uniform too), then a full scan up to
+-- SCAN_LIMIT waiters (beyond it, a miss waits for the next arrival).
 local function pick(id, pks)
-  local sizes, total = {}, 0
-  for i, pk in ipairs(pks) do
-    sizes[i] = redis.call('HLEN', pk .. ':pos')
-    total = total + sizes[i]
-  end
-  local ak = P .. ':a:' .. id
-  local blocked = FOREVER
-  for _ = 1, math.min(total, PROBES) do
-    local n = math.floor(rnd() * total)
-    local candidate
-    for i, pk in ipairs(pks) do
-      if n < sizes[i] then
-        candidate = redis.call('HGET', pk .. ':at', n)
-        break
-      end
-      n = n - sizes[i]
-    end
-    if candidate ~= id then
-      local u = redis.call('HGET', ak, candidate)
-      if not u or tonumber(u) <= now then return candidate, blocked end
-      if tonumber(u) < blocked then blocked = tonumber(u) end
-    end
-  end
-  if total > SCAN_LIMIT then return nil, blocked end
-  local candidates, earliest = {}, FOREVER
+  local everyone, small = {}, true
   for _, pk in ipairs(pks) do
-    for _, candidate in ipairs(redis.call('HVALS', pk .. ':at')) do
-      if candidate ~= id then
-        local u = redis.call('HGET', ak, candidate)
-        if not u or tonumber(u) <= now then
-          table.insert(candidates, candidate)
-        elseif tonumber(u) < earliest then
-          earliest = tonumber(u)
+    local got = redis.call('ZRANGE', pk, 0, PROBES)
+    if #got > PROBES then
+      small = false
+      break
+    end
+    for _, m in ipairs(got) do
+      if m ~= id then table.insert(everyone, m) end
+    end
+  end
+  if not small then
+    local sizes, total = {}, 0
+    for i, pk in ipairs(pks) do
+      sizes[i] = redis.call('ZCARD', pk)
+      total = total + sizes[i]
+    end
+    local probes = {}
+    for _ = 1, PROBES do
+      local n = math.floor(rnd() * total)
+      for i, pk in ipairs(pks) do
+        if n < sizes[i] then
+          local m = redis.call('ZRANGE', pk, n, n)[1]
+          if m and m ~= id then table.insert(probes, m) end
+          break
         end
+        n = n - sizes[i]
+      end
+    end
+    local found, blocked = first_free(id, probes)
+    if found or total > SCAN_LIMIT then return found, blocked end
+    everyone = {}
+    for _, pk in ipairs(pks) do
+      for _, m in ipairs(redis.call('ZRANGE', pk, 0, -1)) do
+        if m ~= id then table.insert(everyone, m) end
       end
     end
   end
-  if #candidates == 0 then return nil, math.min(blocked, earliest) end
-  return candidates[math.floor(rnd() * #candidates) + 1], blocked
+  if #everyone == 0 then return nil, FOREVER end
+  local untils = redis.call('ZMSCORE', P .. ':a:' .. id, unpack(everyone))
+  local free, earliest = {}, FOREVER
+  for i, m in ipairs(everyone) do
+    local u = tonumber(untils[i])
+    if not u or u <= now then
+      table.insert(free, m)
+    elseif u < earliest then
+      earliest = u
+    end
+  end
+  if #free == 0 then return nil, earliest end
+  return free[math.floor(rnd() * #free) + 1], FOREVER
 end
 
 -- Pair waiting c with a random compatible waiter, if any.  c is in the
@@ -257,11 +254,8 @@ local function match(c, queued)
   local interests = cjson.decode(c.interests)
   if #interests > 0 then
     local pks = {}
-    for _, interest in ipairs(interests) do
-      local pk = interest_pool(c.mode, interest)
-      if redis.call('EXISTS', pk .. ':pos') == 1 then table.insert(pks, pk) end
-    end
-    if #pks > 0 then found, blocked = pick(c.id, pks) end
+    for _, interest in ipairs(interests) do table.insert(pks, interest_pool(c.mode, interest)) end
+    found, blocked = pick(c.id, pks)
   end
   if not found and c.open == '1' then
     local b
@@ -293,7 +287,9 @@ end
 
 local function disconnect(c)
   become_idle(c)
-  forget(c.id)
+  -- Who c was kept apart from goes with it; entries about c elsewhere end
+  -- with their cooldowns (ids are never reused).
+  redis.call('DEL', P .. ':a:' .. c.id)
   redis.call('SREM', P .. ':n:' .. c.node, c.id)
   redis.call('DEL', ck(c.id))
   delta.online = delta.online - 1
@@ -355,7 +351,7 @@ elseif cmd == 'find' then
     c.mode, c.interests = ARGV[7], ARGV[8]
     local interests = cjson.decode(c.interests)
     c.open = #interests > 0 and '0' or '1'
-    set_state(c, 'waiting', 'mode', c.mode, 'interests', c.interests, 'open', c.open)
+    set_state(c, 'waiting', 'mode', c.mode, 'interests', c.interests)
     if not match(c, false) then
       if #interests > 0 then
         for _, interest in ipairs(interests) do pool_add(interest_pool(c.mode, interest), c.id) end
@@ -385,8 +381,7 @@ elseif cmd == 'open_up' then
     if c.state == 'waiting' and c.open ~= '1' then
       pool_add(open_pool(c.mode), c.id)
       c.open = '1'
-      redis.call('HSET', ck(c.id), 'open', '1')
-      match(c, true)
+      if not match(c, true) then redis.call('HSET', ck(c.id), 'open', '1') end
     end
   end)
 elseif cmd == 'retry' then

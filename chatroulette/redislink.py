@@ -41,6 +41,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .internals import PackedCommands
+
 PING_INTERVAL = 1.0
 PING_TIMEOUT = 1.0
 DEFAULT_DEAD_AFTER = 15.0
@@ -139,6 +141,10 @@ class _Commands(txredisapi.RedisProtocol):  # type: ignore[misc]
         self.link._lost(self)
 
 
+class _PackedCommands(PackedCommands, _Commands):
+    """The command connection with the fast hook: commands packed by hiredis."""
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
     link: RedisLink
 
@@ -208,7 +214,13 @@ class RedisLink(Service):
         reactor: Any,
         clock: IReactorTime | None = None,
         dead_after: float = DEFAULT_DEAD_AFTER,
+        fast: bool = True,
     ) -> None:
+        """
+        @param fast: pack commands with hiredis (L{PackedCommands}, a private
+            hook of txredisapi's: the caller passes the fast hooks' verdict,
+            L{chatroulette.internals.Hooks.fast}).
+        """
         self.address = address
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
@@ -231,6 +243,7 @@ class RedisLink(Service):
         self._take_assert: Callable[[str], None] = lambda _: None
         self._keys: list[str] = []
         self._services: list[ClientService] = []
+        self._commands_kind: type = _PackedCommands if fast else _Commands
         self._ping = LoopingCall(self._check_alive)
         self._ping.clock = reactor
         self._heartbeat = LoopingCall(self._beat)
@@ -267,7 +280,7 @@ class RedisLink(Service):
     def startService(self) -> None:
         super().startService()
         policy = backoffPolicy(initialDelay=0.1, maxDelay=MAX_RECONNECT_DELAY, factor=2.0)
-        for kind in (_Commands, _Subscriber):
+        for kind in (self._commands_kind, _Subscriber):
             service = ClientService(
                 self.address.endpoint(self._reactor),
                 _Factory(kind, self, self.address),

@@ -239,7 +239,7 @@ class RedisLobby:
         local.interests = tuple(interests)
         local.mode = mode
         local.open = not local.interests
-        self._call("find", local, local.id, mode, json.dumps(list(interests)))
+        self._call("find", local, local.id, mode, orjson.dumps(local.interests).decode())
 
     def leave(self, peer: Peer) -> None:
         local = self._clients[peer]
@@ -312,7 +312,7 @@ class RedisLobby:
             raise ProtocolError(UNAVAILABLE, UNAVAILABLE_TEXT)
 
     def _args(self, command: str, *args: object) -> list[object]:
-        seed = self._rng.randrange(1, 2**31 - 1)
+        seed = 1 + self._rng.getrandbits(31) % (2**31 - 2)  # 1 .. 2**31 - 2, for the script's generator
         return [command, self.node, repr(self._clock.seconds()), seed, repr(self._repeat_cooldown), *args]
 
     def _call(self, command: str, local: _Local | None, *args: object) -> int:

@@ -17,6 +17,7 @@ from twisted.python import usage
 
 from .limits import Origin
 from .ice import DEFAULT_TURN_TTL, IceConfig, check_url
+from .internals import Hooks
 from .listening import ListeningService
 from .logbudget import CLIENT_TEXT_LIMIT, DEFAULT_BYTES_PER_SECOND, DEFAULT_LINES_PER_SECOND
 from .logsetup import DEFAULT_LEVEL, LEVELS, LogSetup, level_named
@@ -707,8 +708,10 @@ def makeService(options: Options) -> service.MultiService:
     moderation: Moderation
     link: RedisLink | None = None
     store: SQLiteBanStore | None = None
+    settings = options.settings()
+    hooks = Hooks.detect(settings.fast_path)
     if options["redis"] is not None:
-        link = RedisLink(options["redis"], reactor, dead_after=options["node-dead-after"])
+        link = RedisLink(options["redis"], reactor, dead_after=options["node-dead-after"], fast=hooks.fast)
         shared = SharedModeration(
             lambda *report: redis_lobby.report_address(*report),
             options["report-ban-threshold"],
@@ -743,7 +746,7 @@ def makeService(options: Options) -> service.MultiService:
             store,
         )
     factory = ChatServerFactory(
-        lobby, clock, options.settings(), moderation=moderation, ice=options.ice()
+        lobby, clock, settings, moderation=moderation, ice=options.ice(), hooks=hooks
     )
     site = build_site(factory, options["static"], idle_timeout=options["http-idle-timeout"])
     for description in options["listen"]:

@@ -114,7 +114,7 @@ def redis_node(
     **kwargs: Any,
 ) -> tuple[RedisLobby, RedisLink]:
     """A started Redis lobby (one node) on C{server}, ready."""
-    link = RedisLink(RedisAddress.parse(server.url), reactor, dead_after=dead_after)
+    link = RedisLink(RedisAddress.parse(server.url), reactor, dead_after=dead_after, fast=kwargs.pop("fast", True))
     lobby = RedisLobby(
         cast(LobbyClock, clock),
         link,

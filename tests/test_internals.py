@@ -28,6 +28,7 @@ from chatroulette.outbound import WriteBatcher
 from chatroulette.settings import Settings
 
 from .certs import make_certificate
+from .lobbies import RecordingPeer, open_lobby
 from .loopback import RawClient
 from .memory import MemoryServer
 
@@ -51,6 +52,25 @@ class SelfCheckTests(SynchronousTestCase):
         self.patch(tcp.Server, "_aborting", None)
         problems = self_check.__wrapped__()
         self.assertTrue(any("_aborting" in p for p in problems), problems)
+
+    def test_changed_txredisapi_packing_found(self) -> None:
+        """A txredisapi that packs commands differently from hiredis is reported by name."""
+        import txredisapi
+
+        self.patch(txredisapi.BaseRedisProtocol, "_build_command", lambda self, *args, **kwargs: b"*0\r\n")
+        problems = self_check.__wrapped__()
+        self.assertTrue(any("_build_command" in p for p in problems), problems)
+
+    def test_redis_lobby_on_public_txredisapi(self) -> None:
+        """Without the fast hooks, the Redis lobby sends commands as txredisapi packs them, and still pairs and relays."""
+        lobby, _, close = open_lobby(on_redis=True, fast=False)
+        self.addCleanup(close)
+        a, b = RecordingPeer("a"), RecordingPeer("b")
+        for p in (a, b):
+            lobby.connect(p)
+            lobby.find(p, ["\u00e9t\u00e9"])
+        self.assertIs(lobby.partner_of(a), b)
+        self.assertEqual([e[2] for e in a.events if e[0] == "paired"], [["\u00e9t\u00e9"]])
 
     def test_failed_check_turns_everything_off_with_one_warning(self) -> None:
         """A failed check gives public APIs only, and one warning however many servers start."""

@@ -585,6 +585,71 @@ class LargePoolTests(LobbyTestCase):
             self.assertIsNotNone(partner)
             self.assertIs(lobby.partner_of(cast(RecordingPeer, partner)), p)
 
+    def test_the_one_allowed_waiter_found_among_many_kept_apart(self) -> None:
+        """Past the random probes, a full scan finds the only waiter not kept apart from the newcomer."""
+        for seed in range(3):
+            lobby, _ = self.make_lobby(seed)
+            n = RecordingPeer("n")
+            lobby.connect(n)
+            for i in range(40):
+                w = RecordingPeer(f"w{i}")
+                lobby.connect(w)
+                lobby.find(w, [f"y{i}"])
+                lobby.find(n, [f"y{i}"])
+                self.assertIs(lobby.partner_of(n), w)
+                lobby.report(n, "rude")
+                lobby.find(w, [f"y{i}"])
+            c = RecordingPeer("c")
+            lobby.connect(c)
+            lobby.find(c, ["y40"])
+            lobby.find(n, [f"y{i}" for i in range(41)])
+            self.assertIs(lobby.partner_of(n), c)
+            self.assertEqual(lobby.waiting, 40)
+
+    def test_the_one_allowed_waiter_found_in_a_big_pool(self) -> None:
+        """
+        A pool of waiters all kept apart from each other (each pair just
+        chatted) and from the newcomer, but one: past the random probes, the
+        scan finds that one.
+        """
+        for seed in range(3):
+            lobby, _ = self.make_lobby(seed)
+            n, x = RecordingPeer("n"), RecordingPeer("x")
+            clique = [n, x] + [RecordingPeer(f"w{i}") for i in range(12)]
+            for p in clique:
+                lobby.connect(p)
+            for i, a in enumerate(clique):
+                for b in clique[i + 1 :]:
+                    if {a.name, b.name} == {"n", "x"}:
+                        continue
+                    lobby.find(a)
+                    lobby.find(b)
+                    self.assertIs(lobby.partner_of(a), b)
+                    lobby.leave(a)
+                    lobby.leave(b)
+            for p in clique[1:]:
+                lobby.find(p)
+            self.assertEqual(lobby.waiting, 13)
+            lobby.find(n)
+            self.assertIs(lobby.partner_of(n), x)
+
+    def test_random_in_a_big_pool(self) -> None:
+        """More waiters than the random probes: who gets the newcomer still depends on the random source."""
+        partners = set()
+        for seed in range(12):
+            lobby, _ = self.make_lobby(seed)
+            for i in range(30):
+                waiter = RecordingPeer(str(i))
+                lobby.connect(waiter)
+                lobby.find(waiter, [f"x{i}"])
+            newcomer = RecordingPeer("n")
+            lobby.connect(newcomer)
+            lobby.find(newcomer, [f"x{i}" for i in range(30)])
+            partner = lobby.partner_of(newcomer)
+            assert partner is not None
+            partners.add(cast(RecordingPeer, partner).name)
+        self.assertGreater(len(partners), 4)
+
 
 class MemoryLobbyInternalsTests(SynchronousTestCase):
     """The in-memory lobby's own structures: bounded, and free of clients that left."""
