@@ -13,6 +13,8 @@ and drives them with the in-repo load tool (L{chatroulette.load}, in this
 process).  Each run measures:
 
   - C{a} relay and C{a} churn: one process, the in-memory lobby (the baseline);
+  - C{b1} relay, two nodes + Redis, every pair on node 1 (node 2 idle): what
+    the shared lobby costs a node's own chats, the process count aside;
   - C{b} relay, two nodes + Redis, both clients of every pair on the same node
     (half the pairs on each node);
   - C{c} relay, two nodes + Redis, every pair across the nodes;
@@ -23,7 +25,7 @@ Who is paired with whom in relay is arranged with one interest per pair
 (C{--interest-timeout} is raised so no waiter falls back to "anyone"), then
 checked twice: both clients of a pair must report the same chat id, and each
 node's C{chatroulette_cross_node_messages_total} (C{/metrics}) must stay at 0
-for C{b} and grow by about every message for C{c}.
+for C{b1} and C{b} and grow by about every message for C{c}.
 
 CPU is user + system time from C{/proc/PID/stat}, summed over every server
 process and C{redis-server}, over the window in which the load was offered
@@ -74,7 +76,7 @@ PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
-TARGETS = {"b": 1.1, "c": 2.5, "d": 3.0}
+TARGETS = {"b1": 1.1, "b": 1.1, "c": 2.5, "d": 3.0}
 
 
 # Processes ----------------------------------------------------------------
@@ -579,6 +581,7 @@ async def two_nodes(reactor: Any, workdir: Path, args: argparse.Namespace) -> li
         across = [(one, two) if k % 2 == 0 else (two, one) for k in range(args.pairs)]
         rows = []
         if "relay" in args.kinds:
+            rows.append(await relay(reactor, "b1", [(one, one)] * args.pairs, nodes, pids, args.rate, args.duration, redis))
             rows.append(await relay(reactor, "b", same, nodes, pids, args.rate, args.duration, redis))
             rows.append(await relay(reactor, "c", across, nodes, pids, args.rate, args.duration, redis))
         if "churn" in args.kinds:
@@ -618,7 +621,8 @@ def summarize(rows: list[dict[str, Any]], runs: int) -> str:
         "|---|---|---|---|---|---|",
     ]
     cases = [
-        ("b", "relay", "(b) same-node relay, CPU per message"),
+        ("b1", "relay", "(b1) same-node relay, every chat on node 1 (node 2 idle), CPU per message"),
+        ("b", "relay", "(b) same-node relay, half the chats on each node, CPU per message"),
         ("a2", "relay", "(control) two in-memory processes, no Redis, CPU per message"),
         ("c", "relay", "(c) cross-node relay, CPU per message"),
         ("d", "churn", "(d) pairing (churn), CPU per pairing"),
@@ -647,7 +651,9 @@ def summarize(rows: list[dict[str, Any]], runs: int) -> str:
         "| load tool, share of the machine | machine busy (everything) | lost/duplicated |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for config, kind in [("a", "relay"), ("a2", "relay"), ("b", "relay"), ("c", "relay"), ("a", "churn"), ("d", "churn")]:
+    for config, kind in [
+        ("a", "relay"), ("a2", "relay"), ("b1", "relay"), ("b", "relay"), ("c", "relay"), ("a", "churn"), ("d", "churn")
+    ]:  # fmt: skip
         mine = [r for r in rows if r["kind"] == kind and r["config"] == config]
         if not mine:
             continue
@@ -672,7 +678,7 @@ def summarize(rows: list[dict[str, Any]], runs: int) -> str:
         "Redis commands in the measured window (INFO commandstats, medians; commands run by the script"
         " are counted on their own too, and their time is inside evalsha's):"
     )
-    for config, kind in [("b", "relay"), ("c", "relay"), ("d", "churn")]:
+    for config, kind in [("b1", "relay"), ("b", "relay"), ("c", "relay"), ("d", "churn")]:
         mine = [r for r in rows if r["kind"] == kind and r["config"] == config and "redis_commands" in r]
         if not mine:
             continue
@@ -698,7 +704,7 @@ def check(row: dict[str, Any], pairs: int) -> list[str]:
     """What makes a row untrustworthy: the arrangement of pairs not holding, losses, errors."""
     problems = []
     if row["kind"] == "relay":
-        if row["config"] in ("a", "a2", "b") and row["cross_node_messages"] > 0.01 * row["messages"]:
+        if row["config"] in ("a", "a2", "b1", "b") and row["cross_node_messages"] > 0.01 * row["messages"]:
             problems.append(f"{row['cross_node_messages']:.0f} cross-node messages in a same-node run")
         if row["config"] == "c" and row["cross_node_messages"] < 0.99 * row["messages"]:
             problems.append(f"only {row['cross_node_messages']:.0f} of {row['messages']} messages crossed nodes")

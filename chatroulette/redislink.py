@@ -309,6 +309,25 @@ class RedisLink(Service):
 
         return d.addCallback(stop_connections).addCallback(lambda _: None)
 
+    def abort(self) -> None:
+        """
+        Drop both connections at once, commands not yet sent included, and
+        stay down: what this node's death (SIGKILL, power loss) looks like to
+        Redis, whose state for this node stays until another node's
+        heartbeat sweeps it.  For testing that failure; L{stopService} is the
+        graceful stop.
+        """
+        Service.stopService(self)
+        for loop in (self._ping, self._heartbeat):
+            if loop.running:
+                loop.stop()
+        for protocol in (self._cmd, self._sub):
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.abortConnection()
+        for service in self._services:
+            service.stopService()
+        self._not_ready("aborted")
+
     # Connections -------------------------------------------------------------------
 
     def _connected(self, kind: type, proxy: Any) -> Deferred[None]:

@@ -77,6 +77,43 @@ class TwoNodes(RuleBasedStateMachine):
     @rule(batch=st.lists(requests, min_size=1, max_size=8))
     def race(self, batch: list[tuple[str, int, int]]) -> None:
         """Send a batch of requests on both nodes at once, then let every answer arrive."""
+        self._send(batch)
+        self.settle()
+
+    @rule(
+        before=st.lists(requests, max_size=6),
+        after=st.lists(requests, max_size=6),
+        victim=st.integers(0, 1),
+    )
+    def node_dies_mid_race(
+        self, before: list[tuple[str, int, int]], after: list[tuple[str, int, int]], victim: int
+    ) -> None:
+        """
+        Requests race on both nodes; one node dies (its connections dropped,
+        no goodbye) after its first requests reached Redis and before their
+        answers, or the later requests, did.  The other node's heartbeat
+        sweeps it; a new node takes its place.
+        """
+        from twisted.internet import reactor
+
+        self._send(before)
+        pytest_twisted.blockon(task.deferLater(reactor, 0, lambda: None))  # written; answers on their way
+        self._send(after)
+        dead, survivor = self.nodes[victim], self.nodes[1 - victim]
+        self.links[victim].abort()
+        self.connected = [p for p in self.connected if self.home[p] is not dead]
+        self.clock.advance(1.0)
+        link = self.links[1 - victim]
+        beat = link.call([survivor.prefix], survivor.heartbeat_args(0.5))
+        swept = pytest_twisted.blockon(beat.addCallback(survivor.take_heartbeat))
+        assert swept.get("swept") == 1, swept
+        lobby, new_link = redis_node(
+            shared_redis(), self.clock, 3 + self.count, prefix=survivor.prefix, repeat_cooldown=0.0
+        )
+        self.nodes[victim], self.links[victim] = lobby, new_link
+        self.settle()
+
+    def _send(self, batch: list[tuple[str, int, int]]) -> None:
         for kind, i, j in batch:
             if kind == "connect":
                 self._connect()
@@ -105,7 +142,6 @@ class TwoNodes(RuleBasedStateMachine):
                     self.connected.remove(peer)
             except ProtocolError as e:
                 assert e.code == "not_chatting", e.code
-        self.settle()
 
     @rule(seconds=st.sampled_from([1.0, 10.0, 700.0]))
     def wait(self, seconds: float) -> None:
