@@ -452,9 +452,10 @@ elseif cmd == 'counts' then
 elseif cmd == 'gone' then
   gone(node)
 elseif cmd == 'assert' then
-  -- ARGV[6]: the node's own view, JSON: {clients = [...]}. Whatever Redis
-  -- held for this node goes first (partners elsewhere are told), then the
-  -- node's clients are written back as the node knows them.
+  -- ARGV[6]: the node's own view, JSON: [client, ...]; ARGV[7]: the bans it
+  -- knows, JSON: {address key: until}.  Whatever Redis held for this node
+  -- goes first (partners elsewhere are told), then the node's clients are
+  -- written back as the node knows them.
   local view = cjson.decode(ARGV[6])
   -- Epochs only grow: an event about a client published before this call
   -- (and delivered after it) must be recognised as stale.
@@ -489,6 +490,12 @@ elseif cmd == 'assert' then
   for _, v in ipairs(view) do
     local c = load(v.id)
     if c and c.state == 'waiting' then match(c, true) end
+  end
+  -- The bans this node knows (ARGV[7], JSON: address key -> until) are the
+  -- service's too: a Redis that restarted empty gets them back.
+  for addr, untill in pairs(cjson.decode(ARGV[7] or '{}')) do
+    local old = tonumber(redis.call('HGET', P .. ':bans', addr) or '0')
+    if untill > now and untill > old then redis.call('HSET', P .. ':bans', addr, untill) end
   end
   -- The bans in force, for the node's own copy.
   local bans = {}

@@ -147,6 +147,9 @@ class RedisLobby:
         self._by_id: dict[str, _Local] = {}
         self._counts = (0, 0, 0)
         self._connecting = 0
+        # The service's bans as this node heard of them: written back with
+        # its view, so they outlive a Redis that restarted empty.
+        self._bans: dict[str, float] = {}
         self.stats = LobbyStats()
         self.cross_node_messages = 0
         link.attach(self.channel, SCRIPT, self._on_event, self._assert_view, self._on_lost)
@@ -432,6 +435,9 @@ class RedisLobby:
             self._apply(event)
 
     def _banned(self, key: str, until: float) -> None:
+        until = float(until)
+        if until > self._bans.get(key, 0.0):
+            self._bans[key] = until
         if self._on_ban is not None:
             self._on_ban(key, float(until))
 
@@ -589,7 +595,9 @@ class RedisLobby:
                     "epoch": local.epoch,
                 }
             )
-        return self._args("assert", json.dumps(view))
+        now = self._clock.seconds()
+        self._bans = {key: until for key, until in self._bans.items() if until > now}
+        return self._args("assert", json.dumps(view), json.dumps(self._bans))
 
     def heartbeat_args(self, dead_after: float) -> list[object]:
         return self._args("heartbeat", dead_after)

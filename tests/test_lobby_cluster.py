@@ -241,3 +241,31 @@ class RedisRestartTests(SynchronousTestCase):
         for lobby, _ in nodes:
             pytest_twisted.blockon(lobby.flush())
             self.assertEqual((lobby.online, lobby.waiting, lobby.chatting), (2, 0, 2))
+
+    def test_bans_outlive_a_restart(self) -> None:
+        """
+        Redis restarts empty: the bans the nodes knew are written back with
+        their state, so a node that joins afterwards still gets them.
+        """
+        server = RedisServer()
+        server.start()
+        self.addCleanup(server.cleanup)
+        clock = Clock()
+        clock.advance(1000)
+        heard: list[tuple[str, float]] = []
+        one, link_one = redis_node(server, clock, 1, prefix="{bans}", on_ban=lambda *ban: heard.append(ban))
+        self.addCleanup(stop, link_one)
+        one.report_address("reporter", "rude", 1, 60.0, 3600.0)
+        pytest_twisted.blockon(one.flush())
+        self.assertEqual(heard, [("rude", 4600.0)])
+        server.restart()
+        wait_until(lambda: not link_one.ready, 5, "the node sees Redis gone")
+        pytest_twisted.blockon(link_one.when_ready())
+        later: list[tuple[str, float]] = []
+        two, link_two = redis_node(server, clock, 2, prefix="{bans}", on_ban=lambda *ban: later.append(ban))
+        self.addCleanup(stop, link_two)
+        self.assertEqual(later, [("rude", 4600.0)])
+        clock.advance(3600)  # the ban ends: the next node to join drops it
+        _, link_three = redis_node(server, clock, 3, prefix="{bans}")
+        self.addCleanup(stop, link_three)
+        self.assertEqual(server.command("HLEN", "{bans}:bans"), b":0\r\n")
