@@ -106,7 +106,8 @@ local function keep_apart(a, b, untill)
     local ak = P .. ':a:' .. pair[1]
     -- GT: a longer keeping apart (never again) is never shortened.
     redis.call('ZADD', ak, 'GT', untill, pair[2])
-    redis.call('ZREMRANGEBYSCORE', ak, '-inf', '(' .. now)
+    -- Ended cooldowns go (exactly: '..' would round now to 14 digits).
+    redis.call('ZREMRANGEBYSCORE', ak, '-inf', string.format('(%.17g', now))
   end
 end
 
