@@ -62,20 +62,28 @@ class PairingTests(LobbyTestCase):
 
     def test_random_not_fifo(self) -> None:
         """With several compatible waiters, who gets the newcomer depends on the random source."""
+        self.assertGreater(len(self.newcomers_partners(waiters=5, seeds=20)), 2)
+
+    def test_random_among_more_waiters_than_probes(self) -> None:
+        """With more compatible waiters than the random probes, the choice is still spread."""
+        self.assertGreater(len(self.newcomers_partners(waiters=30, seeds=12)), 4)
+
+    def newcomers_partners(self, waiters: int, seeds: int) -> set[str]:
+        """Who a newcomer sharing an interest with each of C{waiters} waiters meets, over C{seeds} lobbies."""
         partners = set()
-        for seed in range(20):
+        for seed in range(seeds):
             lobby, _ = self.make_lobby(seed)
-            for i in range(5):
+            for i in range(waiters):
                 waiter = RecordingPeer(str(i))
                 lobby.connect(waiter)
                 lobby.find(waiter, [f"x{i}"])  # distinct interests: nobody pairs yet
             newcomer = RecordingPeer("n")
             lobby.connect(newcomer)
-            lobby.find(newcomer, [f"x{i}" for i in range(5)])
+            lobby.find(newcomer, [f"x{i}" for i in range(waiters)])
             partner = lobby.partner_of(newcomer)
             assert partner is not None
             partners.add(cast(RecordingPeer, partner).name)
-        self.assertGreater(len(partners), 2)
+        return partners
 
     def test_message_relayed_to_partner_only(self) -> None:
         """A message reaches the partner, not the sender or anyone else."""
@@ -586,7 +594,7 @@ class LargePoolTests(LobbyTestCase):
             self.assertIs(lobby.partner_of(cast(RecordingPeer, partner)), p)
 
     def test_the_one_allowed_waiter_found_among_many_kept_apart(self) -> None:
-        """Past the random probes, a full scan finds the only waiter not kept apart from the newcomer."""
+        """Of 41 waiters sharing an interest with the newcomer, 40 reported by it, it meets the one left."""
         for seed in range(3):
             lobby, _ = self.make_lobby(seed)
             n = RecordingPeer("n")
@@ -632,23 +640,6 @@ class LargePoolTests(LobbyTestCase):
             self.assertEqual(lobby.waiting, 13)
             lobby.find(n)
             self.assertIs(lobby.partner_of(n), x)
-
-    def test_random_in_a_big_pool(self) -> None:
-        """More waiters than the random probes: who gets the newcomer still depends on the random source."""
-        partners = set()
-        for seed in range(12):
-            lobby, _ = self.make_lobby(seed)
-            for i in range(30):
-                waiter = RecordingPeer(str(i))
-                lobby.connect(waiter)
-                lobby.find(waiter, [f"x{i}"])
-            newcomer = RecordingPeer("n")
-            lobby.connect(newcomer)
-            lobby.find(newcomer, [f"x{i}" for i in range(30)])
-            partner = lobby.partner_of(newcomer)
-            assert partner is not None
-            partners.add(cast(RecordingPeer, partner).name)
-        self.assertGreater(len(partners), 4)
 
 
 class MemoryLobbyInternalsTests(SynchronousTestCase):
