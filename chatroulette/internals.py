@@ -489,10 +489,10 @@ class Hooks:
 
     C{fast}: the speed hooks (frame fast path, write-through, write batching,
     shared options, dropped handshake state, Redis commands packed by
-    hiredis), and the frame budget's count of
-    Autobahn's frames (L{CountedFrames}; fallback: reading frame headers
-    before Autobahn parses them); C{--no-fast-path} turns them off.  The others are not about speed, and go only if the self-check
-    fails, each to a public fallback: C{clock} (Autobahn's timers on the
+    hiredis), and the frame budget's count of Autobahn's frames
+    (L{CountedFrames}; fallback: reading frame headers before Autobahn
+    parses them); C{--no-fast-path} turns them off.  The others are not
+    about speed, and go only if the self-check fails, each to a public fallback: C{clock} (Autobahn's timers on the
     injected clock, and no closing timer outliving its connection; fallback:
     txaio's timers on the reactor), C{close_frame} (L{send_close_frame};
     fallback: close 1000 with the reason) and C{exit_signal}

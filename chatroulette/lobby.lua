@@ -174,18 +174,21 @@ local function pair(one, other, shared, mode, initiator)
   end
 end
 
--- The first of members that id is not kept apart from, else nil; and
--- the earliest time one of them may be met (FOREVER if none).
-local function first_free(id, members)
-  if #members == 0 then return nil, FOREVER end
+-- The members id may meet (in their order), and the earliest time one of
+-- the others may be met (FOREVER if none): one command for any number.
+local function free_of(id, members)
+  if #members == 0 then return {}, FOREVER end
   local untils = redis.call('ZMSCORE', P .. ':a:' .. id, unpack(members))
-  local earliest = FOREVER
+  local free, earliest = {}, FOREVER
   for i, m in ipairs(members) do
     local u = tonumber(untils[i])
-    if not u or u <= now then return m, earliest end
-    if u < earliest then earliest = u end
+    if not u or u <= now then
+      table.insert(free, m)
+    elseif u < earliest then
+      earliest = u
+    end
   end
-  return nil, earliest
+  return free, earliest
 end
 
 -- A random waiter from the pools pks whom id may meet, and the earliest
@@ -224,8 +227,8 @@ local function pick(id, pks)
         n = n - sizes[i]
       end
     end
-    local found, blocked = first_free(id, probes)
-    if found or total > SCAN_LIMIT then return found, blocked end
+    local free, blocked = free_of(id, probes)
+    if free[1] or total > SCAN_LIMIT then return free[1], blocked end
     everyone = {}
     for _, pk in ipairs(pks) do
       for _, m in ipairs(redis.call('ZRANGE', pk, 0, -1)) do
@@ -233,17 +236,7 @@ local function pick(id, pks)
       end
     end
   end
-  if #everyone == 0 then return nil, FOREVER end
-  local untils = redis.call('ZMSCORE', P .. ':a:' .. id, unpack(everyone))
-  local free, earliest = {}, FOREVER
-  for i, m in ipairs(everyone) do
-    local u = tonumber(untils[i])
-    if not u or u <= now then
-      table.insert(free, m)
-    elseif u < earliest then
-      earliest = u
-    end
-  end
+  local free, earliest = free_of(id, everyone)
   if #free == 0 then return nil, earliest end
   return free[math.floor(rnd() * #free) + 1], FOREVER
 end
