@@ -439,7 +439,7 @@ class RedisLobby:
         if until > self._bans.get(key, 0.0):
             self._bans[key] = until
         if self._on_ban is not None:
-            self._on_ban(key, float(until))
+            self._on_ban(key, until)
 
     def report_address(self, reporter: str, reported: str, threshold: int, window: float, ban_seconds: float) -> None:
         """
