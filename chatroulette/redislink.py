@@ -251,6 +251,8 @@ class RedisLink(Service):
         self._readiness_waiters: list[Deferred[None]] = []
         self._outbox: dict[str, tuple[list[object], list[Callable[[int], None]]]] = {}
         self._outbox_call: Any = None
+        # Events that arrived while this node's state was being written back.
+        self._early: list[str] = []
 
     def attach(
         self,
@@ -388,8 +390,9 @@ class RedisLink(Service):
 
         def done(reply: str) -> None:
             self._preparing = False
+            early, self._early = self._early, []
             if cmd is not self._cmd or self._sub is None:
-                self._prepare()
+                self._prepare()  # a new write-back: what came before it is stale
                 return
             self._take_assert(reply)
             self.ready = True
@@ -400,6 +403,8 @@ class RedisLink(Service):
                 event="redis",
             )
             self._ever_ready = True
+            for message in early:
+                self._on_event(message)
             if not self._heartbeat.running:
                 self._heartbeat.start(self._beat_interval(), now=True)
             waiters, self._readiness_waiters = self._readiness_waiters, []
@@ -408,6 +413,7 @@ class RedisLink(Service):
 
         def failed(failure: Failure) -> None:
             self._preparing = False
+            self._early.clear()
             self._log.failure("Redis set-up failed", failure, event="redis")
             if cmd is self._cmd and cmd.transport is not None:
                 cmd.transport.abortConnection()
@@ -526,4 +532,11 @@ class RedisLink(Service):
     def _message(self, message: str) -> None:
         if self.ready:
             self._on_event(message)
+        elif self._preparing:
+            # Published after this node's write-back ran in Redis, and here
+            # before its answer (they come over two connections): applied
+            # right after that answer, where epochs drop what it overtook.
+            # Earlier events are stale: lost with the connection, or older
+            # than the epochs the write-back sets.
+            self._early.append(message)
 

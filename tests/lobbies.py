@@ -114,7 +114,8 @@ def redis_node(
     **kwargs: Any,
 ) -> tuple[RedisLobby, RedisLink]:
     """A started Redis lobby (one node) on C{server}, ready."""
-    link = RedisLink(RedisAddress.parse(server.url), reactor, dead_after=dead_after, fast=kwargs.pop("fast", True))
+    url = kwargs.pop("url", server.url)  # another way to the same server (a proxy)
+    link = RedisLink(RedisAddress.parse(url), reactor, dead_after=dead_after, fast=kwargs.pop("fast", True))
     lobby = RedisLobby(
         cast(LobbyClock, clock),
         link,

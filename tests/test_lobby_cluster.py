@@ -21,6 +21,7 @@ from chatroulette.messages import ProtocolError
 from chatroulette.redislink import RedisLink
 from chatroulette.redislobby import RedisLobby
 
+from .delaying_proxy import DelayingProxy
 from .lobbies import RecordingPeer, redis_node, shared_redis
 from .redis_server import RedisServer
 
@@ -269,3 +270,43 @@ class RedisRestartTests(SynchronousTestCase):
         _, link_three = redis_node(server, clock, 3, prefix="{bans}")
         self.addCleanup(stop, link_three)
         self.assertEqual(server.command("HLEN", "{bans}:bans"), b":0\r\n")
+
+    def test_events_that_overtake_the_write_back_answer(self) -> None:
+        """
+        A node writes its state back (its waiter x, open to anyone), and
+        another node pairs x before the answer to that write-back has
+        arrived: x's event comes on the subscriber connection, ahead of the
+        answer on the command connection (held back here by a proxy).  x is
+        told it is paired, once the answer is in.
+        """
+        server = RedisServer()
+        server.start()
+        self.addCleanup(server.cleanup)
+        proxy = DelayingProxy(server.port, hold=0.5, after=b"EVALSHA")
+        self.addCleanup(proxy.close)
+        clock = Clock()
+        one, link_one = redis_node(server, clock, 1, prefix="{early}", url=f"redis://127.0.0.1:{proxy.port}/0")
+        self.addCleanup(stop, link_one)
+        two, link_two = redis_node(server, clock, 2, prefix="{early}")
+        self.addCleanup(stop, link_two)
+        x, y = RecordingPeer("x"), RecordingPeer("y")
+        one.connect(x)
+        two.connect(y)
+        one.find(x)
+        pytest_twisted.blockon(one.flush())
+        self.assertEqual(x.take(), [("waiting",)])
+        key = "{early}:c:%s.1" % one.node
+
+        def epoch() -> bytes:
+            return server.command("HGET", key, "epoch")
+
+        before = epoch()
+        proxy.drop_all()
+        wait_until(lambda: not link_one.ready and epoch() not in (before, b"$-1\r\n"), 5, "x written back")
+        self.assertFalse(link_one.ready)  # its answer is still held back
+        two.find(y)
+        wait_until(lambda: bool(x.events), 5, "x is told")
+        (paired_x,) = x.take()
+        self.assertEqual(paired_x[0], "paired")
+        pytest_twisted.blockon(two.flush())
+        self.assertEqual([e[:2] for e in y.take()], [("paired", paired_x[1])])
